@@ -1,0 +1,373 @@
+"""Configuration: one YAML file to frozen, typed settings, every problem reported at once."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from gateway.config_types import (
+    FROM_FILE,
+    Algorithms,
+    Audience,
+    ClientId,
+    ClockSkew,
+    Duration,
+    EnvSecret,
+    Host,
+    HttpUrl,
+    Lifetime,
+    Paths,
+    Port,
+    RedisUrl,
+    duration_field,
+)
+
+# Part of this module's public API; defined beside the types that use them.
+from gateway.config_types import (
+    SUPPORTED_ALGORITHMS as SUPPORTED_ALGORITHMS,
+)
+from gateway.config_types import parse_duration as parse_duration
+from gateway.config_yaml import (
+    ReferencedFiles,
+    client_entries,
+    join_path,
+    parse_yaml,
+    read_secret_file,
+    resolve_file_paths,
+)
+from gateway.errors import ConfigError
+from gateway.jwkset import filter_public_jwks
+
+DEFAULT_ALGORITHMS = ("PS256", "ES256", "EdDSA", "RS256")
+DEFAULT_MAX_LIFETIME = 300.0
+DEFAULT_CLOCK_SKEW = 15.0
+DEFAULT_BACKEND_TIMEOUT = 10.0
+DEFAULT_MEMORY_MAX_ENTRIES = 1_000_000
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+LINT_MAX_LIFETIME = 300.0
+LINT_MAX_CLOCK_SKEW = 60.0
+
+Problems = list[tuple[str, str]]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class ListenSettings(_Frozen):
+    host: Host = "0.0.0.0"
+    port: Port = 8080
+
+
+class AdminSettings(_Frozen):
+    host: Host = "127.0.0.1"
+    port: Port = 9100
+
+
+class BackendSettings(_Frozen):
+    url: HttpUrl
+    timeout: Duration = duration_field("10s", gt=0)
+
+
+class PolicySettings(_Frozen):
+    algorithms: Algorithms = DEFAULT_ALGORITHMS
+    max_lifetime: Lifetime = duration_field("300s")
+    clock_skew: ClockSkew = duration_field("15s")
+    audience: Audience = "strict"
+    require_typ: bool = False
+
+
+class JwksFetchSettings(_Frozen):
+    timeout: Duration = duration_field("3s", gt=0)
+    min_ttl: Duration = duration_field("60s", gt=0)
+    max_ttl: Duration = duration_field("24h", gt=0)
+    max_stale: Duration = duration_field("6h", ge=0)
+    unknown_kid_refresh: Duration = duration_field("30s", gt=0)
+    max_bytes: int = Field(default=65_536, gt=0)
+    allow_http: bool = False
+    allow_private_networks: bool = False
+    ca_file: StrictStr | None = None  # resolved against the config file's directory
+
+    @model_validator(mode="after")
+    def _ttl_order(self) -> JwksFetchSettings:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError("min_ttl must not exceed max_ttl")
+        return self
+
+
+class ReplaySettings(_Frozen):
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: RedisUrl = DEFAULT_REDIS_URL
+    on_store_error: Literal["reject"] = "reject"
+    max_entries: int = Field(default=DEFAULT_MEMORY_MAX_ENTRIES, gt=0)
+
+
+class BackendAuthSettings(_Frozen):
+    method: Literal["client_secret_basic", "client_secret_post", "none"]
+    secret: EnvSecret | None = None
+    secret_file: StrictStr | None = None
+    _file_secret: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> BackendAuthSettings:
+        given = (self.secret is not None) + (self.secret_file is not None)
+        if self.method == "none" and given:
+            raise ValueError("method none sends no secret: remove secret and secret_file")
+        if self.method != "none" and given != 1:
+            raise ValueError(f"method {self.method} needs exactly one of secret, secret_file")
+        return self
+
+    def secret_value(self) -> str | None:
+        """The backend secret, None for method none; raises OSError or ValueError (secret_file)."""
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self._file_secret is None and self.secret_file is not None:
+            self._file_secret = SecretStr(read_secret_file(self.secret_file))
+        return None if self._file_secret is None else self._file_secret.get_secret_value()
+
+
+class ClientSettings(_Frozen):
+    jwks: dict[str, Any] | None = None
+    jwks_file: StrictStr | None = None
+    jwks_uri: HttpUrl | None = None
+    backend_auth: BackendAuthSettings
+    algorithms: Algorithms | None = None
+    max_lifetime: Lifetime | None = None
+    clock_skew: ClockSkew | None = None
+    audience: Audience | None = None
+    require_typ: bool | None = None
+    _jwks_keys: tuple[dict[str, Any], ...] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ClientSettings:
+        given = [n for n in ("jwks", "jwks_file", "jwks_uri") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"needs exactly one of jwks, jwks_file, jwks_uri (has {len(given)})")
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.jwks is not None:
+            self._jwks_keys = filter_public_jwks(self.jwks, "jwks")[0]
+
+    @property
+    def jwks_keys(self) -> tuple[dict[str, Any], ...] | None:
+        """The usable public JWKs of `jwks` or the read `jwks_file`; None for `jwks_uri`."""
+        return self._jwks_keys
+
+
+class Settings(_Frozen):
+    issuer: HttpUrl
+    public_url: HttpUrl | None = None
+    listen: ListenSettings = Field(default_factory=ListenSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    backend: BackendSettings
+    endpoints: Annotated[Paths, Field(min_length=1)]
+    passthrough: Paths = ()
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    jwks_fetch: JwksFetchSettings = Field(default_factory=JwksFetchSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    clients: Annotated[dict[ClientId, ClientSettings], Field(min_length=1)]
+
+    def effective_policy(self, client_id: str) -> PolicySettings:
+        """The policy with the client's overrides merged in; raises KeyError for an unknown id."""
+        client = self.clients[client_id]
+        overrides = {
+            name: getattr(client, name)
+            for name in PolicySettings.model_fields
+            if getattr(client, name) is not None
+        }
+        return self.policy.model_copy(update=overrides)
+
+    def public_base(self) -> str:
+        """Where clients reach the gateway: public_url or the issuer's origin, no trailing slash."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        parts = urlsplit(self.issuer)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a config file; raises ConfigError listing every problem.
+
+    Relative `jwks_file`, `secret_file` and `ca_file` paths resolve against the
+    file's directory; `!env NAME` reads `env` (default: os.environ).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise ConfigError([("", f"cannot read {path}: {exc}")]) from exc
+    environ = os.environ if env is None else env
+    return parse_settings(text, base_dir=path.resolve().parent, env=environ)
+
+
+def parse_settings(text: str, *, base_dir: Path, env: Mapping[str, str]) -> Settings:
+    """Validate config text as load_settings does; raises ConfigError listing every problem."""
+    data, problems = parse_yaml(text, env)
+    if not isinstance(data, dict):
+        raise ConfigError(problems)
+    resolve_file_paths(data, base_dir)
+    files = ReferencedFiles(data)
+    later = files.problems + _document_problems(data)
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(data, context={FROM_FILE: True})
+    except ValidationError as exc:
+        later = _problems_from(exc) + later
+    # A path the YAML stage already reported (an unset !env, a duplicate key)
+    # would only echo here as a type error.
+    reported = [path for path, _ in problems]
+    problems += [p for p in later if not _under(p[0], reported)]
+    if problems or settings is None:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    for client_id, client in settings.clients.items():
+        if client.jwks_file is not None:
+            client._jwks_keys = files.jwks_keys[client_id]
+        if client.backend_auth.secret_file is not None:
+            client.backend_auth._file_secret = SecretStr(files.secrets[client_id])
+    return settings
+
+
+def _under(path: str, prefixes: list[str]) -> bool:
+    return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
+
+
+_TYPE_MESSAGES = {
+    "missing": "required key is missing",
+    "extra_forbidden": "unknown key",
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "tuple_type": "must be a list",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+}
+
+
+def _problems_from(exc: ValidationError) -> Problems:
+    problems: Problems = []
+    # Inputs are read, never echoed: they may be secrets.
+    for error in exc.errors(include_url=False, include_input=True):
+        path = ""
+        for part in error["loc"]:
+            if part != "[key]":  # a dict key's own error: the path already names the key
+                path = join_path(path, part)
+        message = _TYPE_MESSAGES.get(error["type"], error["msg"])
+        if error["type"] == "too_short" and error.get("ctx", {}).get("min_length") == 1:
+            if error["input"]:
+                continue  # too short only because its items failed; they are reported
+            message = "must not be empty"
+        message = message.removeprefix("Value error, ").replace("Input should be", "must be", 1)
+        problems.append((path, message))
+    return problems
+
+
+def _document_problems(data: Mapping[str, Any]) -> Problems:
+    """Checks that span sections, run on the raw data so they report alongside type errors."""
+    problems: Problems = []
+    seen: dict[str, str] = {}
+    for section in ("endpoints", "passthrough"):
+        paths = data.get(section)
+        for index, value in enumerate(paths if isinstance(paths, list) else []):
+            where = join_path(section, index)
+            if isinstance(value, str) and value in seen:
+                problems.append((where, f"{value!r} is already listed at {seen[value]}"))
+            elif isinstance(value, str):
+                seen[value] = where
+    fetch = data.get("jwks_fetch")
+    allow_http = isinstance(fetch, dict) and fetch.get("allow_http") is True
+    for _, path, client in client_entries(data):
+        uri = client.get("jwks_uri")
+        if isinstance(uri, str) and urlsplit(uri).scheme == "http" and not allow_http:
+            problems.append((f"{path}.jwks_uri", "must be https (jwks_fetch.allow_http is off)"))
+    return problems
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _plain_http_remote(url: str | None) -> bool:
+    parts = urlsplit(url or "")
+    return parts.scheme == "http" and not _is_loopback(parts.hostname)
+
+
+def lint_settings(settings: Settings) -> list[tuple[str, str]]:
+    """Weak but valid settings, as (dotted path, one sentence: the risk and the fix)."""
+    warnings: Problems = []
+    scopes: list[tuple[str, PolicySettings | ClientSettings]] = [("policy", settings.policy)]
+    scopes += [(join_path("clients", cid), client) for cid, client in settings.clients.items()]
+    for prefix, scope in scopes:
+        warnings += _lint_policy(prefix, scope)
+    for key in ("issuer", "public_url"):
+        if _plain_http_remote(getattr(settings, key)):
+            warnings.append((key, "clients would send assertions over plain http to a "
+                                  "non-loopback host, where anyone on the path can read and "
+                                  "reuse them; use https"))
+    if _plain_http_remote(settings.backend.url):
+        warnings.append(("backend.url", "backend credentials and tokens cross the network in "
+                                        "clear over plain http; use https to a non-loopback "
+                                        "backend"))
+    if not _is_loopback(settings.admin.host):
+        warnings.append(("admin.host", "the admin listener (metrics, health) is reachable from "
+                                       "the network; bind it to 127.0.0.1 or firewall it"))
+    if settings.jwks_fetch.allow_http:
+        warnings.append(("jwks_fetch.allow_http", "keys fetched over plain http can be swapped "
+                                                  "by anyone on the path; turn allow_http off "
+                                                  "outside tests and labs"))
+    if settings.jwks_fetch.allow_private_networks:
+        warnings.append(("jwks_fetch.allow_private_networks", "jwks_uri may reach loopback and "
+                         "private addresses, a server-side request forgery risk; turn it off "
+                         "unless key hosts are internal"))
+    return warnings
+
+
+def _lint_policy(prefix: str, scope: PolicySettings | ClientSettings) -> Problems:
+    warnings: Problems = []
+    if scope.max_lifetime is not None and scope.max_lifetime > LINT_MAX_LIFETIME:
+        warnings.append((f"{prefix}.max_lifetime", f"assertions may live {scope.max_lifetime:g}s, "
+                         "so a captured one stays usable that long; keep it at or under "
+                         f"{LINT_MAX_LIFETIME:g}s unless a client truly needs more"))
+    if scope.clock_skew is not None and scope.clock_skew > LINT_MAX_CLOCK_SKEW:
+        warnings.append((f"{prefix}.clock_skew", f"a clock skew of {scope.clock_skew:g}s widens "
+                         "every time check by that much; fix the clients' clocks (NTP) and "
+                         f"keep it at or under {LINT_MAX_CLOCK_SKEW:g}s"))
+    if scope.audience == "compat":
+        warnings.append((f"{prefix}.audience", "compat also accepts endpoint URLs as aud, the "
+                         "form audience-injection attacks exploit (RFC 7523bis wants the issuer "
+                         "alone); move clients to aud = issuer and set strict"))
+    legacy = [alg for alg in scope.algorithms or () if alg.startswith("RS")]
+    if legacy:
+        warnings.append((f"{prefix}.algorithms", f"{', '.join(legacy)} (RSA PKCS#1 v1.5 padding) "
+                         "is allowed; prefer PS256, ES256 or EdDSA and drop RS* once clients "
+                         "support them"))
+    return warnings
+
+
+def settings_json_schema() -> dict[str, Any]:
+    """The config file's JSON Schema (for editors and CI)."""
+    schema = Settings.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

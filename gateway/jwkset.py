@@ -1,0 +1,133 @@
+"""Structural filtering of a JWK Set down to the public asymmetric signing keys we may trust."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+MIN_RSA_BITS = 2048
+# Members that only a private or symmetric key carries (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
+PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+# Coordinate length in bytes per curve: a wrong length means a corrupt or mislabelled key.
+EC_CURVES = {"P-256": 32, "P-384": 48, "P-521": 66}
+OKP_CURVES = {"Ed25519": 32, "Ed448": 57}
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+Problems = list[tuple[str, str]]
+
+
+def filter_public_jwks(obj: object, path: str) -> tuple[tuple[dict[str, Any], ...], Problems]:
+    """Keep the public RSA/EC/OKP signing keys of a JWK Set; report every other key.
+
+    `path` prefixes each problem (e.g. ``clients.acme.jwks``). Never raises: a
+    value that is not a JWK Set gives a problem. The kept keys are JSON-clean
+    copies, so later changes to `obj` do not reach them.
+    """
+    if not isinstance(obj, Mapping) or not _is_sequence(obj.get("keys")):
+        return (), [(path, "must be a JWK Set: a mapping with a 'keys' list")]
+    kept: list[dict[str, Any]] = []
+    problems: Problems = []
+    for index, key in enumerate(obj["keys"]):
+        key_path = f"{path}.keys[{index}]"
+        problem = _key_problem(key)
+        if problem is not None:
+            problems.append((key_path, problem))
+            continue
+        try:
+            kept.append(json.loads(json.dumps(key)))
+        except (TypeError, ValueError):
+            problems.append((key_path, "holds values that are not JSON"))
+    if not kept:
+        problems.append((path, "holds no usable public signing key"))
+    return tuple(kept), problems
+
+
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def _key_problem(key: object) -> str | None:
+    """Why `key` cannot be used to verify signatures, or None when it can."""
+    if not isinstance(key, Mapping):
+        return "must be a mapping (a JWK)"
+    kty = key.get("kty")
+    if not isinstance(kty, str):
+        return "has no 'kty'"
+    if kty == "oct":
+        return "is a symmetric ('oct') key: only public asymmetric keys verify client assertions"
+    private = [name for name in PRIVATE_MEMBERS if name in key]
+    if private:
+        return f"holds private key material ({', '.join(private)}): publish the public key only"
+    problem = _usage_problem(key)
+    if problem is not None:
+        return problem
+    if kty == "RSA":
+        return _rsa_problem(key)
+    if kty == "EC":
+        return _curve_problem(key, EC_CURVES, ("x", "y"))
+    if kty == "OKP":
+        return _curve_problem(key, OKP_CURVES, ("x",))
+    return f"skipped: unsupported kty {kty[:20]!r}"
+
+
+def _usage_problem(key: Mapping[str, Any]) -> str | None:
+    for name in ("kid", "alg"):
+        if name in key and not isinstance(key[name], str):
+            return f"'{name}' must be a string"
+    if "use" in key and key["use"] != "sig":
+        return "has 'use' other than 'sig': it is not a signing key"
+    if "key_ops" in key:
+        ops = key["key_ops"]
+        if not _is_sequence(ops) or not all(isinstance(op, str) for op in ops):
+            return "'key_ops' must be a list of strings"
+        if "verify" not in ops:
+            return "has 'key_ops' without 'verify': it is not a verification key"
+    return None
+
+
+def _rsa_problem(key: Mapping[str, Any]) -> str | None:
+    n = decode_base64url(key.get("n"))
+    e = decode_base64url(key.get("e"))
+    if n is None or e is None:
+        name = "n" if n is None else "e"
+        return f"RSA key's '{name}' is missing or not base64url"
+    bits = int.from_bytes(n, "big").bit_length()
+    if bits < MIN_RSA_BITS:
+        return f"RSA modulus of {bits} bits is too short (at least {MIN_RSA_BITS})"
+    exponent = int.from_bytes(e, "big")
+    if exponent < 3 or exponent % 2 == 0:
+        return "RSA public exponent is not valid"
+    return None
+
+
+def _curve_problem(
+    key: Mapping[str, Any], curves: Mapping[str, int], members: tuple[str, ...]
+) -> str | None:
+    crv = key.get("crv")
+    if not isinstance(crv, str) or crv not in curves:
+        shown = repr(crv[:20]) if isinstance(crv, str) else "missing"
+        return f"'crv' {shown} is not a signing curve (one of {', '.join(curves)})"
+    for name in members:
+        value = decode_base64url(key.get(name))
+        if value is None:
+            return f"{key['kty']} key's '{name}' is missing or not base64url"
+        if len(value) != curves[crv]:
+            return f"'{name}' has {len(value)} bytes, {crv} needs {curves[crv]}"
+    return None
+
+
+def decode_base64url(value: object) -> bytes | None:
+    """Bytes of an unpadded base64url string (RFC 7515 §2), or None if it is not one."""
+    if not isinstance(value, str) or not value or _BASE64URL.fullmatch(value) is None:
+        return None
+    if len(value) % 4 == 1:
+        return None
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return None
