@@ -1,0 +1,1 @@
+"""Test support shared by unit and integration tests: keys and tokens built on demand."""
