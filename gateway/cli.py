@@ -1,0 +1,180 @@
+"""The command line: serve, check, schema, keygen, mint, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .app import Gateway, build_ledger, create_gateway
+from .config import Settings, lint_settings, load_settings, settings_json_schema
+from .errors import ConfigError
+from .mint import generate_key, load_private_key, mint_assertion
+from .runtime import build_runtime
+
+EXIT_OK, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2
+KEYGEN_ALGORITHMS = ("ES256", "PS256", "RS256", "EdDSA", "Ed25519")
+# Without --alg, mint signs with the first of these the key can make.
+MINT_DEFAULT_ALGORITHMS = ("ES256", "ES384", "ES512", "EdDSA", "PS256")
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pkjwt-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pkjwt-gateway {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    serve = verbs.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", required=True, type=Path)
+    serve.add_argument("--workers", type=int, default=1, help="processes (only 1 in this version)")
+    check = verbs.add_parser("check", help="validate and lint a configuration")
+    check.add_argument("--config", required=True, type=Path)
+    check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    verbs.add_parser("schema", help="print the configuration's JSON Schema")
+    keygen = verbs.add_parser("keygen", help="new key pair: private PEM and public JWKS")
+    keygen.add_argument("--alg", default="ES256", choices=KEYGEN_ALGORITHMS)
+    keygen.add_argument("--kid", default=None)
+    keygen.add_argument("--out", type=Path, default=None,
+                        help="write the private key here (mode 0600) instead of stdout")
+    mint = verbs.add_parser("mint", help="print a fresh client assertion")
+    mint.add_argument("--key", required=True, type=Path, help="private key PEM")
+    mint.add_argument("--client-id", required=True)
+    mint.add_argument("--audience", required=True)
+    mint.add_argument("--alg", default=None,
+                      help="default: from the key (ES256/ES384/ES512, EdDSA, PS256 for RSA)")
+    mint.add_argument("--kid", default=None)
+    mint.add_argument("--lifetime", type=float, default=60.0, help="seconds (default 60)")
+    demo = verbs.add_parser("demo", help="the whole flow on loopback")
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    verb = args.verb
+    if verb == "serve":
+        return serve(args.config, args.workers)
+    if verb == "check":
+        return check(args.config, strict=args.strict)
+    if verb == "schema":
+        print(json.dumps(settings_json_schema(), indent=2))
+        return EXIT_OK
+    if verb == "keygen":
+        return keygen(args.alg, args.kid, args.out)
+    if verb == "mint":
+        return mint(args)
+    from .demo import run_demo  # the demo's own IdP is only imported when asked for
+
+    return run_demo(quiet=args.quiet)
+
+
+def check(path: Path, *, strict: bool) -> int:
+    """Print every problem (exit 2) or the warnings (exit 1 with --strict, else 0)."""
+    try:
+        settings = load_settings(path)
+        build_runtime(settings)
+        build_ledger(settings)
+    except ConfigError as exc:
+        for where, message in exc.problems:
+            print(f"error: {where}: {message}" if where else f"error: {message}")
+        return EXIT_ERRORS
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return EXIT_ERRORS
+    warnings = lint_settings(settings)
+    for where, message in warnings:
+        print(f"warning: {where}: {message}")
+    print(f"{path}: ok, {len(settings.clients)} client(s), {len(warnings)} warning(s)")
+    return EXIT_WARNINGS if strict and warnings else EXIT_OK
+
+
+def keygen(alg: str, kid: str | None, out: Path | None) -> int:
+    kid = kid or f"{alg.lower()}-{time.strftime('%Y%m%d')}"
+    pem, public_jwk = generate_key(alg, kid)
+    jwks = json.dumps({"keys": [public_jwk]}, indent=2)
+    if out is None:
+        print(pem.rstrip())
+    else:
+        out.touch(mode=0o600, exist_ok=False)
+        out.write_text(pem)
+        print(f"# private key written to {out}", file=sys.stderr)
+    print(jwks)
+    return EXIT_OK
+
+
+def mint(args: argparse.Namespace) -> int:
+    try:
+        pem = args.key.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.key}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERRORS
+    problem = "no supported algorithm fits this key"
+    for alg in [args.alg] if args.alg else MINT_DEFAULT_ALGORITHMS:
+        try:
+            key = load_private_key(pem, alg)
+            break
+        except ValueError as exc:
+            problem = str(exc)
+    else:
+        print(f"error: cannot use {args.key}: {problem}", file=sys.stderr)
+        return EXIT_ERRORS
+    print(mint_assertion(key, alg=alg, client_id=args.client_id, audience=args.audience,
+                         lifetime=args.lifetime, kid=args.kid))
+    return EXIT_OK
+
+
+def serve(path: Path, workers: int) -> int:
+    try:
+        settings = load_settings(path)
+        if workers != 1:
+            raise ConfigError([("--workers", "only one worker process is supported")])
+        gateway = create_gateway(settings)
+    except ConfigError as exc:
+        for where, message in exc.problems:
+            log.error("config: %s: %s", where, message)
+        return EXIT_ERRORS
+    except ValueError as exc:
+        log.error("config: %s", exc)
+        return EXIT_ERRORS
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        return asyncio.run(_serve(gateway, settings))
+    return uvloop.run(_serve(gateway, settings))
+
+
+async def _serve(gateway: Gateway, settings: Settings) -> int:
+    runners = [web.AppRunner(gateway.public, access_log=None),
+               web.AppRunner(gateway.admin, access_log=None)]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for runner in runners:
+            await runner.setup()
+        await web.TCPSite(runners[0], settings.listen.host, settings.listen.port).start()
+        await web.TCPSite(runners[1], settings.admin.host, settings.admin.port).start()
+        log.info("listening on %s:%d (admin %s:%d)", settings.listen.host, settings.listen.port,
+                 settings.admin.host, settings.admin.port)
+        await stop.wait()
+        log.info("shutting down")
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        return EXIT_ERRORS
+    finally:
+        for runner in reversed(runners):
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+    return EXIT_OK

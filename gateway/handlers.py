@@ -1,0 +1,215 @@
+"""HTTP handlers: authenticated endpoints, passthrough, and the one error renderer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .app_keys import AUDIT, LEDGER, METRICS, RUNTIME, UPSTREAM
+from .assertion import VerifiedAssertion, parse_assertion, verify_assertion
+from .audit import AuditRecord, jti_digest, untrusted
+from .errors import (
+    GatewayError,
+    InvalidClient,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServerError,
+    TemporarilyUnavailable,
+)
+from .form import DEFAULT_MAX_BODY_BYTES, TokenForm, parse_form
+from .metrics import UNKNOWN_CLIENT, status_class
+from .upstream import StreamAborted, forwarded_request_headers
+
+log = logging.getLogger("gateway")
+
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Passthrough paths (discovery documents and the like) may carry larger bodies than a token form.
+MAX_PASSTHROUGH_BODY = 1024 * 1024
+_ENDPOINT_DROP = frozenset({"authorization", "content-type", "content-encoding", "x-request-id"})
+_PASSTHROUGH_DROP = frozenset({"x-request-id"})
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is sane, else a new one."""
+    given = request.headers.get("X-Request-Id")
+    if given is not None and REQUEST_ID_PATTERN.fullmatch(given):
+        return given
+    return secrets.token_hex(12)
+
+
+def error_response(error: GatewayError, *, request_id: str, basic_challenge: bool) -> web.Response:
+    """The only place an error becomes a response: fixed public text, never the private reason."""
+    headers = {**_NO_STORE, "X-Request-Id": request_id}
+    if isinstance(error, InvalidClient) and basic_challenge:
+        headers["WWW-Authenticate"] = 'Basic realm="pkjwt-gateway", charset="UTF-8"'
+    if isinstance(error, MethodNotAllowed):
+        headers["Allow"] = "POST"
+    body = json.dumps({"error": error.code, "error_description": error.description})
+    return web.Response(status=error.status, body=body.encode(), headers=headers,
+                        content_type="application/json")
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise InvalidRequest("body_too_large", f"content-length {request.content_length}")
+    body = await request.content.read(limit + 1)
+    while len(body) <= limit and not request.content.at_eof():
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > limit:
+        raise InvalidRequest("body_too_large", "body exceeds the limit")
+    return body
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Route on the raw path, byte for byte: what is matched is exactly what is forwarded."""
+    runtime = request.app[RUNTIME]
+    path = request.raw_path.partition("?")[0]
+    request_id = request_id_of(request)
+    basic = "Authorization" in request.headers
+    try:
+        if path in runtime.endpoints:
+            return await handle_endpoint(request, path, request_id)
+        if path in runtime.passthrough:
+            return await handle_passthrough(request, path, request_id)
+        raise NotFound("no_route")
+    except StreamAborted:
+        raise
+    except GatewayError as error:
+        return error_response(error, request_id=request_id, basic_challenge=basic)
+    except Exception:
+        log.exception("unexpected error (request_id=%s)", request_id)
+        return error_response(ServerError("unexpected"), request_id=request_id,
+                              basic_challenge=False)
+
+
+async def handle_endpoint(
+    request: web.Request, path: str, request_id: str
+) -> web.StreamResponse:
+    """Authenticate, record the jti, rewrite and forward; audit and count every outcome."""
+    started = time.perf_counter()
+    record = AuditRecord(request_id=request_id, endpoint=path, result="rejected", reason="",
+                         remote=request.remote)
+    metrics = request.app[METRICS]
+    try:
+        form, verified = await _authenticate(request, path, record)
+        record.result, record.reason = "accepted", "ok"
+        response, record.backend_status = await _forward_endpoint(
+            request, path, request_id, form, verified)
+        return response
+    except GatewayError as error:
+        if record.result == "rejected":
+            record.reason = error.reason
+        else:
+            record.backend_error = error.reason
+        if error.detail:
+            log.info("request %s: %s (%s)", request_id, error.reason, error.detail)
+        raise
+    finally:
+        client = record.client or UNKNOWN_CLIENT
+        metrics.client_auth.labels(client, path, record.result, record.reason).inc()
+        record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        request.app[AUDIT].write(record)
+
+
+async def _authenticate(
+    request: web.Request, path: str, record: AuditRecord
+) -> tuple[TokenForm, VerifiedAssertion]:
+    runtime, metrics = request.app[RUNTIME], request.app[METRICS]
+    if request.method != "POST":
+        raise MethodNotAllowed("method_not_allowed", untrusted(request.method) or "")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise InvalidRequest("content_encoding", untrusted(encoding) or "")
+    body = await _read_body(request, DEFAULT_MAX_BODY_BYTES)
+    form = parse_form(body, content_type=request.headers.get("Content-Type"),
+                      has_authorization="Authorization" in request.headers,
+                      query_string=request.query_string)
+    started = time.perf_counter()
+    parsed = parse_assertion(form.assertion)
+    record.kid, record.alg = untrusted(parsed.kid), untrusted(parsed.header.get("alg"))
+    if form.client_id is not None and parsed.subject != form.client_id:
+        raise InvalidRequest("client_id_mismatch")
+    claimed = form.client_id if form.client_id is not None else parsed.subject
+    client = runtime.clients.get(claimed) if claimed is not None else None
+    if client is None:
+        raise InvalidClient("unknown_client", untrusted(claimed) or "")
+    record.client = client.client_id
+    keys = client.keys.current()
+    if keys is None:
+        raise TemporarilyUnavailable("keys_unavailable")
+    policy = client.policies[path]
+    now = time.time()
+    verified = verify_assertion(parsed, keys, policy, now)
+    metrics.verification_seconds.observe(time.perf_counter() - started)
+    record.key_thumbprint = verified.key_thumbprint
+    record.jti_hash = jti_digest(client.client_id, verified.jti)
+    await _check_replay(request, verified, policy.clock_skew, now)
+    return form, verified
+
+
+async def _check_replay(
+    request: web.Request, verified: VerifiedAssertion, clock_skew: float, now: float
+) -> None:
+    ledger, metrics = request.app[LEDGER], request.app[METRICS]
+    try:
+        fresh = await ledger.record(verified.client_id, verified.jti,
+                                    verified.exp + clock_skew, now)
+    except GatewayError:
+        metrics.replay_checks.labels(ledger.name, "error").inc()
+        raise
+    metrics.replay_checks.labels(ledger.name, "fresh" if fresh else "replayed").inc()
+    if not fresh:
+        raise InvalidClient("replayed")
+
+
+async def _forward_endpoint(
+    request: web.Request, path: str, request_id: str, form: TokenForm,
+    verified: VerifiedAssertion,
+) -> tuple[web.StreamResponse, int]:
+    credential = request.app[RUNTIME].clients[verified.client_id].credential
+    headers = forwarded_request_headers(request, drop=_ENDPOINT_DROP, request_id=request_id)
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    authorization = credential.authorization
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    path_qs = path + ("?" + request.query_string if request.query_string else "")
+    return await _forward(request, path, path_qs, headers, credential.body(form.params))
+
+
+async def _forward(
+    request: web.Request, path: str, path_qs: str, headers: CIMultiDict[str], body: bytes
+) -> tuple[web.StreamResponse, int]:
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    try:
+        response, status = await request.app[UPSTREAM].forward(
+            request, path_qs=path_qs, headers=headers, body=body)
+    except GatewayError:
+        metrics.backend_requests.labels(path, "error").inc()
+        raise
+    finally:
+        metrics.backend_seconds.labels(path).observe(time.perf_counter() - started)
+    metrics.backend_requests.labels(path, status_class(status)).inc()
+    return response, status
+
+
+async def handle_passthrough(
+    request: web.Request, path: str, request_id: str
+) -> web.StreamResponse:
+    """Forward as it came (hop-by-hop headers aside); no authentication is involved."""
+    body = await _read_body(request, MAX_PASSTHROUGH_BODY)
+    headers = forwarded_request_headers(request, drop=_PASSTHROUGH_DROP, request_id=request_id)
+    path_qs = path + ("?" + request.query_string if request.query_string else "")
+    response, _ = await _forward(request, path, path_qs, headers, body)
+    return response

@@ -1,0 +1,162 @@
+"""Shared fixtures: a recording backend, and the gateway in front of it over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
+
+from gateway.app import Gateway, create_gateway
+from gateway.config import parse_settings
+from tests.support.tokens import Signer, make_signer
+
+ISSUER = "https://idp.example.test"
+TOKEN_PATH = "/oauth2/token"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+BACKEND_SECRET = "backend-secret-for-tests-only"  # test-only fixture value
+
+
+@dataclass
+class Seen:
+    method: str
+    path_qs: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def form(self) -> list[tuple[str, str]]:
+        from urllib.parse import parse_qsl
+
+        return parse_qsl(self.body.decode(), keep_blank_values=True)
+
+
+@dataclass
+class Backend:
+    """A legacy IdP stand-in on 127.0.0.1 that records everything it is sent."""
+
+    server: TestServer
+    seen: list[Seen] = field(default_factory=list)
+    delay: float = 0.0
+    status: int = 200
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def backend(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Backend:
+    state: dict[str, Backend] = {}
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        me = state["backend"]
+        me.seen.append(Seen(request.method, request.path_qs, CIMultiDict(request.headers),
+                            await request.read()))
+        if me.delay:
+            await asyncio.sleep(me.delay)
+        body = me.body if me.body is not None else json.dumps(
+            {"access_token": "at-" + str(len(me.seen)), "token_type": "Bearer",
+             "expires_in": 300}).encode()
+        return web.Response(status=me.status, body=body, content_type="application/json",
+                            headers=me.extra_headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    server = await aiohttp_server(app)
+    state["backend"] = Backend(server)
+    return state["backend"]
+
+
+@dataclass
+class Running:
+    """The gateway under test, reachable at ``url``; its audit lines and metrics are readable."""
+
+    gateway: Gateway
+    server: TestServer
+    audit: io.StringIO
+    signer: Signer
+    client_id: str
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.gateway.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def form(self, assertion: str, **extra: str) -> dict[str, str]:
+        return {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion, **extra}
+
+    async def post(
+        self, data: dict[str, str] | bytes | str, *, path: str = TOKEN_PATH,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, CIMultiDict[str], Any]:
+        async with aiohttp.ClientSession() as session, session.post(
+                self.url + path, data=data, headers=headers) as response:
+            raw = await response.read()
+            try:
+                body: Any = json.loads(raw)
+            except ValueError:
+                body = raw
+            return response.status, CIMultiDict(response.headers), body
+
+
+def gateway_yaml(backend_url: str, jwks: dict[str, Any], *, policy: str = "",
+                 client: str = "", extra: str = "", client_id: str = "ci-pipeline") -> str:
+    return f"""
+issuer: {ISSUER}
+backend: {{url: "{backend_url}", timeout: 1s}}
+endpoints: [{TOKEN_PATH}, /oauth2/introspect]
+passthrough: [/.well-known/openid-configuration]
+policy: {{algorithms: [PS256, ES256, EdDSA, RS256], max_lifetime: 300s, clock_skew: 15s{policy}}}
+clients:
+  {client_id}:
+    jwks: {json.dumps(jwks)}
+    backend_auth: {{method: client_secret_basic, secret: !env CI_SECRET}}
+    {client}
+{extra}
+"""
+
+
+GatewayFactory = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_gateway(
+    backend: Backend, aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path
+) -> GatewayFactory:
+    """Start a gateway for one ES256 client (or the signer given) with YAML tweaks."""
+
+    async def start(
+        signer: Signer | None = None, backend_url: str | None = None, **yaml: Any
+    ) -> Running:
+        signer = signer or make_signer("ES256")
+        text = gateway_yaml(backend_url or backend.url, {"keys": [signer.public_jwk]}, **yaml)
+        settings = parse_settings(text, base_dir=tmp_path, env={"CI_SECRET": BACKEND_SECRET})
+        audit = io.StringIO()
+        gateway = create_gateway(settings, audit_stream=audit)
+        server = await aiohttp_server(gateway.public)
+        return Running(gateway, server, audit, signer, yaml.get("client_id", "ci-pipeline"))
+
+    return start
+
+
+@pytest.fixture
+async def gw(start_gateway: GatewayFactory) -> Running:
+    return await start_gateway()
