@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -168,6 +169,9 @@ async def _serve(gateway: Gateway, settings: Settings) -> int:
         await web.TCPSite(runners[1], settings.admin.host, settings.admin.port).start()
         log.info("listening on %s:%d (admin %s:%d)", settings.listen.host, settings.listen.port,
                  settings.admin.host, settings.admin.port)
+        # Everything loaded so far (settings, keys, libraries) lives as long as the process:
+        # keep it out of the collector's full passes.
+        gc.freeze()
         await stop.wait()
         log.info("shutting down")
     except OSError as exc:

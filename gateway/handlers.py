@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -25,15 +26,17 @@ from .errors import (
 )
 from .form import DEFAULT_MAX_BODY_BYTES, TokenForm, parse_form
 from .metrics import UNKNOWN_CLIENT, status_class
-from .upstream import StreamAborted, forwarded_request_headers
+from .upstream import StreamAborted, forwarded_request_headers, skipped_request_headers
 
 log = logging.getLogger("gateway")
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Passthrough paths (discovery documents and the like) may carry larger bodies than a token form.
 MAX_PASSTHROUGH_BODY = 1024 * 1024
-_ENDPOINT_DROP = frozenset({"authorization", "content-type", "content-encoding", "x-request-id"})
-_PASSTHROUGH_DROP = frozenset({"x-request-id"})
+# The endpoint body is rebuilt and re-authenticated: the client's own framing and credential go.
+_ENDPOINT_SKIP = skipped_request_headers(
+    ("Authorization", "Content-Type", "Content-Encoding", "X-Request-Id"))
+_PASSTHROUGH_SKIP = skipped_request_headers(("X-Request-Id",))
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -58,8 +61,15 @@ def error_response(error: GatewayError, *, request_id: str, basic_challenge: boo
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise InvalidRequest("body_too_large", f"content-length {request.content_length}")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise InvalidRequest("body_too_large", f"content-length {length}")
+    if length is not None:
+        # The parser delivers exactly Content-Length bytes: one read, no limit loop.
+        try:
+            return await request.content.readexactly(length) if length else b""
+        except asyncio.IncompleteReadError as exc:
+            raise InvalidRequest("incomplete_body", "the client stopped sending") from exc
     body = await request.content.read(limit + 1)
     while len(body) <= limit and not request.content.at_eof():
         chunk = await request.content.read(limit + 1 - len(body))
@@ -117,7 +127,7 @@ async def handle_endpoint(
         raise
     finally:
         client = record.client or UNKNOWN_CLIENT
-        metrics.client_auth.labels(client, path, record.result, record.reason).inc()
+        metrics.count_auth(client, path, record.result, record.reason)
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         request.app[AUDIT].write(record)
 
@@ -166,9 +176,9 @@ async def _check_replay(
         fresh = await ledger.record(verified.client_id, verified.jti,
                                     verified.exp + clock_skew, now)
     except GatewayError:
-        metrics.replay_checks.labels(ledger.name, "error").inc()
+        metrics.count_replay_check(ledger.name, "error")
         raise
-    metrics.replay_checks.labels(ledger.name, "fresh" if fresh else "replayed").inc()
+    metrics.count_replay_check(ledger.name, "fresh" if fresh else "replayed")
     if not fresh:
         raise InvalidClient("replayed")
 
@@ -178,7 +188,7 @@ async def _forward_endpoint(
     verified: VerifiedAssertion,
 ) -> tuple[web.StreamResponse, int]:
     credential = request.app[RUNTIME].clients[verified.client_id].credential
-    headers = forwarded_request_headers(request, drop=_ENDPOINT_DROP, request_id=request_id)
+    headers = forwarded_request_headers(request, skip=_ENDPOINT_SKIP, request_id=request_id)
     headers["Content-Type"] = "application/x-www-form-urlencoded"
     authorization = credential.authorization
     if authorization is not None:
@@ -196,11 +206,9 @@ async def _forward(
         response, status = await request.app[UPSTREAM].forward(
             request, path_qs=path_qs, headers=headers, body=body)
     except GatewayError:
-        metrics.backend_requests.labels(path, "error").inc()
+        metrics.observe_backend(path, "error", time.perf_counter() - started)
         raise
-    finally:
-        metrics.backend_seconds.labels(path).observe(time.perf_counter() - started)
-    metrics.backend_requests.labels(path, status_class(status)).inc()
+    metrics.observe_backend(path, status_class(status), time.perf_counter() - started)
     return response, status
 
 
@@ -209,7 +217,7 @@ async def handle_passthrough(
 ) -> web.StreamResponse:
     """Forward as it came (hop-by-hop headers aside); no authentication is involved."""
     body = await _read_body(request, MAX_PASSTHROUGH_BODY)
-    headers = forwarded_request_headers(request, drop=_PASSTHROUGH_DROP, request_id=request_id)
+    headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP, request_id=request_id)
     path_qs = path + ("?" + request.query_string if request.query_string else "")
     response, _ = await _forward(request, path, path_qs, headers, body)
     return response

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
@@ -45,3 +47,24 @@ class GatewayMetrics:
         self.build_info = Gauge(
             "pkjwt_build_info", "Build information.", ("version",), registry=r)
         self.build_info.labels(version=__version__).set(1)
+        # labels() validates and locks on every call; the label sets are bounded, so the
+        # children are looked up once and kept.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def count_auth(self, client: str, endpoint: str, result: str, reason: str) -> None:
+        self._child(self.client_auth, client, endpoint, result, reason).inc()
+
+    def count_replay_check(self, store: str, result: str) -> None:
+        self._child(self.replay_checks, store, result).inc()
+
+    def observe_backend(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """One backend exchange: ``outcome`` is a status class or ``error``."""
+        self._child(self.backend_requests, endpoint, outcome).inc()
+        self._child(self.backend_seconds, endpoint).observe(seconds)

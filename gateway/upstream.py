@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlencode
 
@@ -22,6 +22,7 @@ HOP_BY_HOP = frozenset(
      "te", "trailer", "transfer-encoding", "upgrade"}
 )
 _RECOMPUTED = frozenset({"host", "content-length"})
+_REPLY_SKIP = HOP_BY_HOP | {"content-length"}
 # Replies up to this size are read whole and answered in one write; larger ones are streamed.
 BUFFERED_REPLY_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
@@ -40,20 +41,19 @@ class BackendCredential:
     method: BackendMethod
     secret: str | None = None
 
+    # The Authorization header value for client_secret_basic (else None), built once.
+    authorization: str | None = field(init=False, default=None)
+
     def __post_init__(self) -> None:
         if self.method != "none" and not self.secret:
             raise ValueError(f"{self.method} needs a secret")
+        if self.method == "client_secret_basic" and self.secret is not None:
+            raw = f"{_form_urlencode(self.client_id)}:{_form_urlencode(self.secret)}"
+            basic = "Basic " + base64.b64encode(raw.encode()).decode("ascii")
+            object.__setattr__(self, "authorization", basic)
 
     def __repr__(self) -> str:
         return f"BackendCredential(client_id={self.client_id!r}, method={self.method!r})"
-
-    @property
-    def authorization(self) -> str | None:
-        """The Authorization header value for client_secret_basic, else None."""
-        if self.method != "client_secret_basic" or self.secret is None:
-            return None
-        raw = f"{_form_urlencode(self.client_id)}:{_form_urlencode(self.secret)}"
-        return "Basic " + base64.b64encode(raw.encode()).decode("ascii")
 
     def body(self, params: Iterable[tuple[str, str]]) -> bytes:
         """A fresh urlencoded body: the client's parameters plus exactly one credential."""
@@ -65,20 +65,27 @@ class BackendCredential:
         return urlencode(items).encode("ascii")
 
 
-def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
-    named: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        named.update(token.strip().lower() for token in value.split(","))
-    return named
+def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+def skipped_request_headers(extra: Iterable[str] = ()) -> frozenset[str]:
+    """Lower-cased names never copied from the inbound request (built once per route kind)."""
+    return HOP_BY_HOP | _RECOMPUTED | {name.lower() for name in extra}
 
 
 def forwarded_request_headers(
-    request: web.Request, *, drop: frozenset[str] = frozenset(), request_id: str
+    request: web.Request, *, skip: frozenset[str], request_id: str
 ) -> CIMultiDict[str]:
-    """The inbound headers minus hop-by-hop ones, plus X-Forwarded-* and X-Request-Id."""
-    skip = HOP_BY_HOP | _RECOMPUTED | drop | _connection_named(request.headers)
+    """The inbound headers minus ``skip`` and Connection-named ones, plus X-Forwarded-*."""
+    named = _connection_named(request.headers)
+    if named:
+        skip = skip | named
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in request.headers.items() if name.lower() not in skip
+        [(name, value) for name, value in request.headers.items() if name.lower() not in skip]
     )
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
@@ -91,9 +98,9 @@ def forwarded_request_headers(
 
 
 def _reply_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    skip = HOP_BY_HOP | {"content-length"} | _connection_named(upstream.headers)
+    skip = _REPLY_SKIP | _connection_named(upstream.headers)
     return CIMultiDict(
-        (name, value) for name, value in upstream.headers.items() if name.lower() not in skip
+        [(name, value) for name, value in upstream.headers.items() if name.lower() not in skip]
     )
 
 

@@ -1,0 +1,372 @@
+"""The backend's HTTP/1.1 client: a LIFO keep-alive pool, one llhttp parser per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Origin-form, already percent-encoded: printable ASCII, no space.
+_PATH = re.compile(r"/[!-~]*")
+_HOST = re.compile(r"[A-Za-z0-9.\-_:%]+")
+# RFC 9110 §8.6: GET and HEAD give no meaning to content, so an empty one gets no Content-Length.
+_BODYLESS_METHODS = frozenset({"GET", "HEAD"})
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+class BackendUnavailable(Exception):
+    """The backend refused, dropped, garbled or overfilled the exchange (the caller says 502)."""
+
+
+class BackendTimeout(BackendUnavailable):
+    """The backend did not answer within the request's budget (the caller says 504)."""
+
+
+@dataclass(slots=True)
+class BackendReply:
+    """A complete reply. `headers` are as received (Transfer-Encoding and Content-Length
+    included, trailers dropped) while `body` is already de-chunked: drop hop-by-hop fields."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class _Connection(asyncio.Protocol):
+    """One connection: its parser and the one exchange in flight on it."""
+
+    __slots__ = ("body", "client", "closed", "done", "head", "headers", "headers_done",
+                 "idle_since", "loop", "parser", "reason", "received", "reusable", "status",
+                 "timer", "transport", "waiter")
+
+    def __init__(self, client: BackendClient, loop: asyncio.AbstractEventLoop) -> None:
+        self.client, self.loop = client, loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.waiter: asyncio.Future[BackendReply] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.head = self.headers_done = self.reusable = False
+        self.received = self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.done: BackendReply | None = None
+
+    def exchange(self, data: bytes, head: bool, deadline: float) -> asyncio.Future[BackendReply]:
+        self.waiter = waiter = self.loop.create_future()
+        # One timer handle per request: cheaper than asyncio.timeout and its task cancellation.
+        self.timer = self.loop.call_at(deadline, self.time_out)
+        self.head, self.received, self.done, self.reusable = head, 0, None, True
+        try:
+            cast(asyncio.Transport, self.transport).write(data)
+        except (RuntimeError, OSError) as exc:  # uvloop refuses writes on a closing handle
+            self.fail(BackendUnavailable(f"backend_closed: {type(exc).__name__}"))
+        return waiter
+
+    def time_out(self) -> None:
+        self.fail(BackendTimeout("backend_timeout"))
+
+    def abandon(self, waiter: asyncio.Future[BackendReply]) -> None:
+        # The caller was cancelled mid-exchange: the reply may still come, so the line is spoilt.
+        if self.waiter is waiter:
+            self.fail(BackendUnavailable("cancelled"))
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            cast(asyncio.Transport, self.transport).abort()
+
+    def fail(self, exc: BackendUnavailable) -> None:
+        waiter, self.waiter = self.waiter, None
+        if self.timer is not None:
+            self.timer.cancel()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.abort()
+
+    def finish(self, reply: BackendReply) -> None:
+        waiter, self.waiter = self.waiter, None
+        cast(asyncio.TimerHandle, self.timer).cancel()
+        if self.head:
+            # llhttp cannot be told a reply answers HEAD; it waits for the announced body.
+            self.parser = httptools.HttpResponseParser(self)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+        if self.reusable and not self.closed:
+            self.client._release(self)
+        else:
+            self.abort()
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.client._conns.add(self)
+
+    def eof_received(self) -> None:
+        if self.waiter is None:  # the backend hung up an idle connection: out of the pool now
+            self.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:
+            # Bytes nobody asked for (often a 408 just before the backend hangs up).
+            self.abort()
+            return
+        self.received += len(data)
+        if self.received > self.client._max_reply:
+            self.fail(BackendUnavailable("reply_too_large"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self.fail(BackendUnavailable(f"bad_reply: {type(exc).__name__}"))
+            return
+        if self.done is not None:
+            self.finish(self.done)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None:
+            if self.headers_done and self.done is None and self._delimited_by_close():
+                self._complete()
+            if self.done is not None:
+                self.finish(self.done)
+            else:
+                self.fail(BackendUnavailable("backend_closed"))
+        self.client._forget(self)
+
+    def _delimited_by_close(self) -> bool:
+        if self.head or self.status < 200 or self.status in (204, 304):
+            return False
+        return not any(name.lower() in _FRAMING for name, _ in self.headers)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.done is not None:  # a second reply to one request: the stream is out of step
+            self.reusable = False
+        self.reason, self.headers, self.body, self.headers_done = b"", [], [], False
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.headers_done:  # trailers are not forwarded
+            # Decoded as aiohttp decodes them, so the caller sees the same strings as before.
+            self.headers.append((name.decode("utf-8", "surrogateescape"),
+                                 value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self.status = self.parser.get_status_code()
+        if self.head and self.status >= 200:
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.done is not None:  # a body after a HEAD reply
+            self.reusable = False
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        # 1xx replies (100 Continue) are interim: the final one follows on the same stream.
+        if self.status >= 200 and self.done is None:
+            self._complete()
+
+    def _complete(self) -> None:
+        parser = self.parser
+        self.reusable = (self.reusable and parser.should_keep_alive()
+                         and parser.get_http_version() == "1.1")
+        self.done = BackendReply(self.status, self.reason.decode("latin-1"), self.headers,
+                                 b"".join(self.body))
+
+
+class BackendClient:
+    """Sends requests to one backend origin over a bounded LIFO pool of keep-alive connections."""
+
+    def __init__(self, base_url: str, *, timeout: float, connect_timeout: float | None = None,
+                 max_connections: int = 256, keepalive: float = 4.0,
+                 max_reply_bytes: int = 4 * 1024 * 1024, ssl_context: ssl.SSLContext | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Raises ValueError unless base_url is exactly http[s]://host[:port]."""
+        url = urlsplit(base_url)
+        host = url.hostname or ""
+        if (url.scheme not in ("http", "https") or not _HOST.fullmatch(host) or url.query
+                or url.path not in ("", "/") or url.fragment or url.username is not None):
+            raise ValueError(f"backend url must be http[s]://host[:port], not {base_url!r}")
+        tls = url.scheme == "https"
+        default_port = 443 if tls else 80
+        self._host, self._port = host, url.port or default_port
+        authority = f"[{host}]" if ":" in host else host
+        if self._port != default_port:
+            authority += f":{self._port}"
+        self._request_tail = f" HTTP/1.1\r\nHost: {authority}\r\n"
+        self._ssl = (ssl_context or ssl.create_default_context()) if tls else None
+        self._timeout, self._connect_timeout = timeout, connect_timeout
+        self._max, self._keepalive, self._max_reply = max_connections, keepalive, max_reply_bytes
+        self._loop = loop
+        self._idle: list[_Connection] = []  # LIFO: the warmest connection is the safest to reuse
+        self._conns: set[_Connection] = set()
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        self._open = 0  # connections open or being opened: each holds one of max_connections
+        self._closed = False
+        self._gone: asyncio.Future[None] | None = None
+
+    async def request(self, method: str, path_qs: str, headers: Sequence[tuple[str, str]],
+                      body: bytes) -> BackendReply:
+        """Send one request and read the whole reply; never retried (it may have arrived).
+
+        Raises ValueError before anything is written if the request cannot be written safely,
+        BackendTimeout when the budget runs out, BackendUnavailable on any other failure.
+        """
+        data = self._encode(method, path_qs, headers, body)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = now + self._timeout
+        conn = self._take_idle(now)
+        if conn is None:
+            conn = await self._acquire(loop, deadline)
+        waiter = conn.exchange(data, method == "HEAD", deadline)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            conn.abandon(waiter)
+            raise
+
+    async def close(self) -> None:
+        """Close every connection, idle or busy; requests in flight fail with BackendUnavailable."""
+        self._closed = True
+        self._idle.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(BackendUnavailable("client_closed"))
+        if self._conns and self._loop is not None:
+            self._gone = self._loop.create_future()
+            for conn in list(self._conns):
+                conn.fail(BackendUnavailable("client_closed"))
+            await self._gone
+
+    def _encode(self, method: str, path_qs: str, headers: Sequence[tuple[str, str]],
+                body: bytes) -> bytes:
+        if _TOKEN.fullmatch(method) is None or _PATH.fullmatch(path_qs) is None:
+            raise ValueError(f"cannot send request line {method!r} {path_qs!r}")
+        lines = [method, " ", path_qs, self._request_tail]
+        for name, value in headers:
+            if _TOKEN.fullmatch(name) is None:
+                raise ValueError(f"bad header name {name!r}")
+            lines.append(f"{name}: {value}\r\n")
+        if body or method not in _BODYLESS_METHODS:
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("utf-8", "surrogateescape")
+        # A CR or LF we did not write is how requests get smuggled; checked after encoding
+        # because surrogateescape can turn "\udc0d" into a raw CR.
+        breaks = len(lines) - 2
+        if head.count(b"\r") != breaks or head.count(b"\n") != breaks or b"\0" in head:
+            raise ValueError("CR, LF or NUL in the request line or a header")
+        return head + body if body else head
+
+    def _take_idle(self, now: float) -> _Connection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self._keepalive:
+                return conn
+            # Past keepalive the backend may hang up while our POST is in flight: never risk it.
+            conn.abort()
+        return None
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        try:
+            async with asyncio.timeout_at(deadline):
+                while not self._closed:
+                    if self._open < self._max:
+                        self._open += 1
+                        return await self._connect(loop, deadline)
+                    conn = await self._wait_turn(loop)
+                    if conn is None:  # a freed slot was handed to us
+                        return await self._connect(loop, deadline)
+                    if not conn.closed:
+                        return conn
+        except TimeoutError as exc:
+            raise BackendTimeout("backend_timeout: no connection in time") from exc
+        raise BackendUnavailable("client_closed")
+
+    async def _wait_turn(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+        turn: asyncio.Future[_Connection | None] = loop.create_future()
+        self._waiters.append(turn)
+        try:
+            return await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                handed = turn.result()  # given to us just as we left: pass it on
+                if handed is None:
+                    self._slot_freed()
+                else:
+                    self._release(handed)
+            raise
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        conn = _Connection(self, loop)
+        limit = deadline
+        if self._connect_timeout is not None:
+            limit = min(deadline, loop.time() + self._connect_timeout)
+        try:
+            async with asyncio.timeout_at(limit):
+                await loop.create_connection(lambda: conn, self._host, self._port, ssl=self._ssl,
+                                             server_hostname=self._host if self._ssl else None)
+        except BaseException as exc:
+            if conn.transport is None:  # otherwise connection_lost gives the slot back
+                self._slot_freed()
+            if isinstance(exc, TimeoutError):
+                raise BackendTimeout("backend_timeout: connect") from exc
+            if isinstance(exc, OSError):
+                raise BackendUnavailable(f"backend_unreachable: {type(exc).__name__}") from exc
+            raise
+        if self._closed:
+            conn.abort()
+            raise BackendUnavailable("client_closed")
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        if self._closed:
+            conn.abort()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle_since = now = conn.loop.time()
+        idle = self._idle
+        idle.append(conn)
+        if now - idle[0].idle_since >= self._keepalive:  # sweep the coldest, one per release
+            idle.pop(0).abort()
+
+    def _slot_freed(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._open -= 1
+
+    def _forget(self, conn: _Connection) -> None:
+        self._conns.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._slot_freed()
+        if self._gone is not None and not self._conns and not self._gone.done():
+            self._gone.set_result(None)
