@@ -104,7 +104,7 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)
         if self.reusable and not self.closed:
-            self.client._release(self)
+            self.client._hand_on(self)
         else:
             self.abort()
 
@@ -137,7 +137,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.waiter is not None:
-            if self.headers_done and self.done is None and self._delimited_by_close():
+            if exc is None and self.headers_done and self.done is None and self._by_close():
                 self._complete()
             if self.done is not None:
                 self.finish(self.done)
@@ -145,7 +145,7 @@ class _Connection(asyncio.Protocol):
                 self.fail(BackendUnavailable("backend_closed"))
         self.client._forget(self)
 
-    def _delimited_by_close(self) -> bool:
+    def _by_close(self) -> bool:  # no length, not chunked: the reply ends when the line does
         if self.head or self.status < 200 or self.status in (204, 304):
             return False
         return not any(name.lower() in _FRAMING for name, _ in self.headers)
@@ -256,7 +256,7 @@ class BackendClient:
             self._gone = self._loop.create_future()
             for conn in list(self._conns):
                 conn.fail(BackendUnavailable("client_closed"))
-            await self._gone
+            await asyncio.wait([self._gone], timeout=1.0)  # connection_lost is one loop turn away
 
     def _encode(self, method: str, path_qs: str, headers: Sequence[tuple[str, str]],
                 body: bytes) -> bytes:
@@ -295,7 +295,14 @@ class BackendClient:
                     if self._open < self._max:
                         self._open += 1
                         return await self._connect(loop, deadline)
-                    conn = await self._wait_turn(loop)
+                    turn: asyncio.Future[_Connection | None] = loop.create_future()
+                    self._waiters.append(turn)
+                    try:
+                        conn = await turn
+                    except BaseException:
+                        if turn.done() and not turn.cancelled() and turn.exception() is None:
+                            self._hand_on(turn.result())  # handed to us just as we gave up
+                        raise
                     if conn is None:  # a freed slot was handed to us
                         return await self._connect(loop, deadline)
                     if not conn.closed:
@@ -303,20 +310,6 @@ class BackendClient:
         except TimeoutError as exc:
             raise BackendTimeout("backend_timeout: no connection in time") from exc
         raise BackendUnavailable("client_closed")
-
-    async def _wait_turn(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
-        turn: asyncio.Future[_Connection | None] = loop.create_future()
-        self._waiters.append(turn)
-        try:
-            return await turn
-        except BaseException:
-            if turn.done() and not turn.cancelled() and turn.exception() is None:
-                handed = turn.result()  # given to us just as we left: pass it on
-                if handed is None:
-                    self._slot_freed()
-                else:
-                    self._release(handed)
-            raise
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         conn = _Connection(self, loop)
@@ -329,7 +322,7 @@ class BackendClient:
                                              server_hostname=self._host if self._ssl else None)
         except BaseException as exc:
             if conn.transport is None:  # otherwise connection_lost gives the slot back
-                self._slot_freed()
+                self._hand_on(None)
             if isinstance(exc, TimeoutError):
                 raise BackendTimeout("backend_timeout: connect") from exc
             if isinstance(exc, OSError):
@@ -340,33 +333,28 @@ class BackendClient:
             raise BackendUnavailable("client_closed")
         return conn
 
-    def _release(self, conn: _Connection) -> None:
-        if self._closed:
-            conn.abort()
-            return
+    def _hand_on(self, conn: _Connection | None) -> None:
+        """Give a free connection (or, for None, a free slot) to the first waiter, else keep it."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        conn.idle_since = now = conn.loop.time()
-        idle = self._idle
-        idle.append(conn)
-        if now - idle[0].idle_since >= self._keepalive:  # sweep the coldest, one per release
-            idle.pop(0).abort()
-
-    def _slot_freed(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._open -= 1
+        if conn is None:
+            self._open -= 1
+        elif self._closed:
+            conn.abort()
+        else:
+            conn.idle_since = now = conn.loop.time()
+            idle = self._idle
+            idle.append(conn)
+            if now - idle[0].idle_since >= self._keepalive:  # sweep the coldest, one per call
+                idle.pop(0).abort()
 
     def _forget(self, conn: _Connection) -> None:
         self._conns.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
-        self._slot_freed()
+        self._hand_on(None)
         if self._gone is not None and not self._conns and not self._gone.done():
             self._gone.set_result(None)
