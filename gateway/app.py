@@ -18,7 +18,7 @@ from .handlers import dispatch
 from .metrics import GatewayMetrics
 from .replay import MemoryReplayLedger, ReplayLedger
 from .runtime import Runtime, build_runtime
-from .upstream import Upstream, new_backend_session
+from .upstream import new_upstream
 
 
 @dataclass(slots=True)
@@ -66,17 +66,17 @@ def create_gateway(
     public[METRICS] = metrics
     public[AUDIT] = AuditLog(audit_stream)
 
-    async def backend_session(app: web.Application) -> AsyncIterator[None]:
-        session = new_backend_session()
-        app[UPSTREAM] = Upstream(session, settings.backend.url, settings.backend.timeout)
+    async def backend_pool(app: web.Application) -> AsyncIterator[None]:
+        upstream = new_upstream(settings.backend)
+        app[UPSTREAM] = upstream
         yield
-        await session.close()
+        await upstream.close()
 
     async def close_ledger(app: web.Application) -> AsyncIterator[None]:
         yield
         await ledger.close()
 
-    public.cleanup_ctx.append(backend_session)
+    public.cleanup_ctx.append(backend_pool)
     public.cleanup_ctx.append(close_ledger)
     public.router.add_route("*", "/{tail:.*}", dispatch)
     admin = create_admin_app(runtime, ledger, metrics)

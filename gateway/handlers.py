@@ -10,7 +10,6 @@ import secrets
 import time
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .app_keys import AUDIT, LEDGER, METRICS, RUNTIME, UPSTREAM
 from .assertion import VerifiedAssertion, parse_assertion, verify_assertion
@@ -26,7 +25,7 @@ from .errors import (
 )
 from .form import DEFAULT_MAX_BODY_BYTES, TokenForm, parse_form
 from .metrics import UNKNOWN_CLIENT, status_class
-from .upstream import StreamAborted, forwarded_request_headers, skipped_request_headers
+from .upstream import forwarded_request_headers, skipped_request_headers
 
 log = logging.getLogger("gateway")
 
@@ -93,8 +92,6 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         if path in runtime.passthrough:
             return await handle_passthrough(request, path, request_id)
         raise NotFound("no_route")
-    except StreamAborted:
-        raise
     except GatewayError as error:
         return error_response(error, request_id=request_id, basic_challenge=basic)
     except Exception:
@@ -189,22 +186,22 @@ async def _forward_endpoint(
 ) -> tuple[web.StreamResponse, int]:
     credential = request.app[RUNTIME].clients[verified.client_id].credential
     headers = forwarded_request_headers(request, skip=_ENDPOINT_SKIP, request_id=request_id)
-    headers["Content-Type"] = "application/x-www-form-urlencoded"
-    authorization = credential.authorization
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    path_qs = path + ("?" + request.query_string if request.query_string else "")
-    return await _forward(request, path, path_qs, headers, credential.body(form.params))
+    headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+    if credential.authorization is not None:
+        headers.append(("Authorization", credential.authorization))
+    return await _forward(request, path, headers, credential.body(form.params), request_id)
 
 
 async def _forward(
-    request: web.Request, path: str, path_qs: str, headers: CIMultiDict[str], body: bytes
+    request: web.Request, path: str, headers: list[tuple[str, str]], body: bytes,
+    request_id: str,
 ) -> tuple[web.StreamResponse, int]:
+    """Forward on the path as matched; the raw query string is kept as it came."""
     metrics = request.app[METRICS]
     started = time.perf_counter()
     try:
         response, status = await request.app[UPSTREAM].forward(
-            request, path_qs=path_qs, headers=headers, body=body)
+            request.method, request.raw_path, headers, body, request_id=request_id)
     except GatewayError:
         metrics.observe_backend(path, "error", time.perf_counter() - started)
         raise
@@ -218,6 +215,5 @@ async def handle_passthrough(
     """Forward as it came (hop-by-hop headers aside); no authentication is involved."""
     body = await _read_body(request, MAX_PASSTHROUGH_BODY)
     headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP, request_id=request_id)
-    path_qs = path + ("?" + request.query_string if request.query_string else "")
-    response, _ = await _forward(request, path, path_qs, headers, body)
+    response, _ = await _forward(request, path, headers, body, request_id)
     return response

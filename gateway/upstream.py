@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlencode
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
-from .errors import BadGateway, GatewayTimeout
+from .backend_client import BackendClient, BackendReply, BackendTimeout, BackendUnavailable
+from .config import BackendSettings
+from .errors import BadGateway, GatewayTimeout, InvalidRequest
 
 BackendMethod = Literal["client_secret_basic", "client_secret_post", "none"]
 
@@ -23,9 +24,9 @@ HOP_BY_HOP = frozenset(
 )
 _RECOMPUTED = frozenset({"host", "content-length"})
 _REPLY_SKIP = HOP_BY_HOP | {"content-length"}
-# Replies up to this size are read whole and answered in one write; larger ones are streamed.
-BUFFERED_REPLY_BYTES = 256 * 1024
-STREAM_CHUNK_BYTES = 64 * 1024
+# Node's http server (many IdPs) closes idle connections after 5 s, and a POST is never retried
+# on a stale connection: keep our idle time below the backend's.
+DEFAULT_BACKEND_KEEPALIVE = 4.0
 
 
 def _form_urlencode(value: str) -> str:
@@ -65,10 +66,7 @@ class BackendCredential:
         return urlencode(items).encode("ascii")
 
 
-def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    values = headers.getall("Connection", ())
-    if not values:
-        return frozenset()
+def _connection_named(values: Iterable[str]) -> frozenset[str]:
     return frozenset(token.strip().lower() for value in values for token in value.split(","))
 
 
@@ -79,113 +77,70 @@ def skipped_request_headers(extra: Iterable[str] = ()) -> frozenset[str]:
 
 def forwarded_request_headers(
     request: web.Request, *, skip: frozenset[str], request_id: str
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """The inbound headers minus ``skip`` and Connection-named ones, plus X-Forwarded-*."""
-    named = _connection_named(request.headers)
-    if named:
-        skip = skip | named
-    headers: CIMultiDict[str] = CIMultiDict(
-        [(name, value) for name, value in request.headers.items() if name.lower() not in skip]
-    )
+    inbound = request.headers
+    connection = inbound.getall("Connection", ())
+    if connection:
+        skip = skip | _connection_named(connection)
+    headers = [(name, value) for name, value in inbound.items() if name.lower() not in skip]
     peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    headers["X-Forwarded-Proto"] = request.scheme
+    prior = inbound.get("X-Forwarded-For")
+    headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+    headers.append(("X-Forwarded-Proto", request.scheme))
     if request.host:
-        headers["X-Forwarded-Host"] = request.host
+        headers.append(("X-Forwarded-Host", request.host))
+    headers.append(("X-Request-Id", request_id))
+    return headers
+
+
+def _reply_headers(reply: BackendReply, request_id: str) -> CIMultiDict[str]:
+    skip = _REPLY_SKIP
+    connection = [value for name, value in reply.headers if name.lower() == "connection"]
+    if connection:
+        skip = skip | _connection_named(connection)
+    headers = CIMultiDict([(n, v) for n, v in reply.headers if n.lower() not in skip])
     headers["X-Request-Id"] = request_id
     return headers
 
 
-def _reply_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    skip = _REPLY_SKIP | _connection_named(upstream.headers)
-    return CIMultiDict(
-        [(name, value) for name, value in upstream.headers.items() if name.lower() not in skip]
-    )
-
-
-class StreamAborted(BadGateway):
-    """The backend failed after the answer had started: the client connection is cut."""
-
-
 class Upstream:
-    """Forwards requests to the backend over one shared keep-alive ClientSession."""
+    """Forwards requests to the backend over one keep-alive connection pool.
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout: float) -> None:
-        self._session = session
-        self._base = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+    Replies are relayed whole, up to the client's reply limit: token, introspection and
+    discovery answers are small, and a bounded buffer keeps a misbehaving backend from
+    holding unbounded memory or a client connection open.
+    """
+
+    def __init__(self, client: BackendClient) -> None:
+        self._client = client
 
     async def forward(
-        self,
-        request: web.Request,
-        *,
-        path_qs: str,
-        headers: CIMultiDict[str],
-        body: bytes,
-    ) -> tuple[web.StreamResponse, int]:
-        """Send one request and relay the answer; returns the response and the backend status.
+        self, method: str, path_qs: str, headers: list[tuple[str, str]], body: bytes,
+        *, request_id: str,
+    ) -> tuple[web.Response, int]:
+        """Send one request and build the relayed answer; returns it with the backend status.
 
-        Raises BadGateway when the backend refuses or drops the connection before answering,
-        GatewayTimeout when it does not answer within the timeout.
+        Raises BadGateway when the backend refuses, drops the connection or answers with
+        something that is not HTTP; GatewayTimeout when it does not answer in time.
         """
         try:
-            async with self._session.request(
-                request.method,
-                self._base + path_qs,
-                headers=headers,
-                data=body if body or request.method not in ("GET", "HEAD") else None,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as upstream:
-                relayed = await self._relay(request, upstream, headers.get("X-Request-Id"))
-                return relayed, upstream.status
-        except StreamAborted:
-            raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise GatewayTimeout("backend_timeout", type(exc).__name__) from exc
-        except aiohttp.ClientError as exc:
-            raise BadGateway("backend_unreachable", type(exc).__name__) from exc
+            reply = await self._client.request(method, path_qs, headers, body)
+        except BackendTimeout as exc:
+            raise GatewayTimeout("backend_timeout", str(exc)) from exc
+        except BackendUnavailable as exc:
+            raise BadGateway("backend_unreachable", str(exc)) from exc
+        except ValueError as exc:  # a header or path that cannot be sent safely
+            raise InvalidRequest("unforwardable", str(exc)[:120]) from exc
+        response = web.Response(status=reply.status, reason=reply.reason or None,
+                                headers=_reply_headers(reply, request_id), body=reply.body)
+        return response, reply.status
 
-    async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, request_id: str | None
-    ) -> web.StreamResponse:
-        headers = _reply_headers(upstream)
-        if request_id is not None:
-            headers["X-Request-Id"] = request_id
-        length = upstream.content_length
-        if length is not None and length <= BUFFERED_REPLY_BYTES:
-            body = await upstream.read()
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
-                                body=body)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=headers)
-        if length is not None:
-            response.content_length = length
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
-                await response.write(chunk)
-            await response.write_eof()
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            # The status line is already sent: the only honest signal left is a cut connection.
-            raise StreamAborted("backend_stream_aborted", type(exc).__name__) from exc
-        return response
+    async def close(self) -> None:
+        await self._client.close()
 
 
-# Node's http server (many IdPs) closes idle connections after 5 s, and a POST is never retried
-# on a stale connection: keep our idle time below the backend's.
-DEFAULT_BACKEND_KEEPALIVE = 4.0
-
-
-def new_backend_session(
-    limit: int = 256, keepalive: float = DEFAULT_BACKEND_KEEPALIVE
-) -> aiohttp.ClientSession:
-    """The one ClientSession for backend traffic: keep-alive, no automatic headers or decoding."""
-    connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=keepalive)
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
+def new_upstream(settings: BackendSettings) -> Upstream:
+    """The backend connection pool for the settings (created inside the running loop)."""
+    return Upstream(BackendClient(settings.url, timeout=settings.timeout,
+                                  keepalive=DEFAULT_BACKEND_KEEPALIVE))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import uuid
@@ -60,3 +61,32 @@ async def test_slow_backend_gives_504_within_the_timeout(gw: Running, backend: B
     backend.delay = 3.0  # the gateway's backend timeout is 1s in the test config
     status, _, body = await gw.post(gw.form(_assertion(gw)))
     assert (status, body["error"]) == (504, "gateway_timeout")
+
+
+async def test_large_answers_are_streamed_through_intact(gw: Running, backend: Backend) -> None:
+    backend.body = bytes(range(256)) * 4096  # 1 MiB, above the buffered-reply size
+    status, _, body = await gw.post(gw.form(_assertion(gw)))
+    assert status == 200 and body == backend.body
+
+
+async def test_backend_closing_without_an_answer_gives_502(
+    start_gateway: GatewayFactory,
+) -> None:
+    accepted = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read(1)  # the request has started to arrive; cut the socket
+        writer.transport.abort()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await start_gateway(backend_url=f"http://127.0.0.1:{port}")
+        status, _, body = await gw.post(gw.form(_assertion(gw)))
+        assert (status, body["error"]) == (502, "bad_gateway")
+        assert accepted == 1  # a token POST is never retried on another connection
+    finally:
+        server.close()
+        await server.wait_closed()
