@@ -46,6 +46,8 @@ class AuditRecord:
 
 
 _FIELDS = tuple(field.name for field in fields(AuditRecord))
+# One encoder: json.dumps with non-default options builds a new one for every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
 
 class AuditLog:
@@ -76,7 +78,7 @@ class AuditLog:
             if value is not None:
                 entry[name] = value
         try:
-            self._stream.write(json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n")
+            self._stream.write(_ENCODER.encode(entry) + "\n")
         except (OSError, ValueError):
             # A closed or full log sink must not turn an answered request into a 500.
             return

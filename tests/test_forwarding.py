@@ -63,10 +63,16 @@ async def test_slow_backend_gives_504_within_the_timeout(gw: Running, backend: B
     assert (status, body["error"]) == (504, "gateway_timeout")
 
 
-async def test_large_answers_are_streamed_through_intact(gw: Running, backend: Backend) -> None:
-    backend.body = bytes(range(256)) * 4096  # 1 MiB, above the buffered-reply size
+async def test_large_answers_are_relayed_intact(gw: Running, backend: Backend) -> None:
+    backend.body = bytes(range(256)) * 4096  # 1 MiB
     status, _, body = await gw.post(gw.form(_assertion(gw)))
     assert status == 200 and body == backend.body
+
+
+async def test_an_answer_over_the_reply_bound_gives_502(gw: Running, backend: Backend) -> None:
+    backend.body = b"x" * (5 * 1024 * 1024)  # over the 4 MiB bound
+    status, _, body = await gw.post(gw.form(_assertion(gw)))
+    assert (status, body["error"]) == (502, "bad_gateway")
 
 
 async def test_backend_closing_without_an_answer_gives_502(

@@ -1,0 +1,118 @@
+"""Benchmark signing keys and pools of pre-minted request bodies (one unique jti each)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Collection
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+
+SUPPORTED_ALGS = ("ES256", "RS256")
+BODY_PREFIX = (
+    "grant_type=client_credentials"
+    "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+    "&client_assertion="
+)
+CHUNK = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    alg: str
+    kid: str
+    private_jwk: dict[str, Any]
+    public_jwk: dict[str, Any]
+
+
+def generate_key(alg: str) -> SigningKey:
+    """A fresh key pair for `alg` (P-256 for ES256, 2048-bit RSA for RS256).
+
+    Raises ValueError for an algorithm the benchmark does not cover.
+    """
+    kid = f"bench-{alg.lower()}"
+    key: ECKey | RSAKey
+    if alg == "ES256":
+        key = ECKey.generate_key("P-256", parameters={"kid": kid})
+    elif alg == "RS256":
+        key = RSAKey.generate_key(2048, parameters={"kid": kid})
+    else:
+        raise ValueError(f"unsupported algorithm {alg!r}; choose from {SUPPORTED_ALGS}")
+    public = {**key.as_dict(private=False), "alg": alg, "use": "sig"}
+    return SigningKey(alg, kid, key.as_dict(private=True), public)
+
+
+def _mint_chunk(
+    key: SigningKey, client_id: str, audience: str, iat: int, exp: int, count: int
+) -> list[str]:
+    signer = (ECKey if key.alg == "ES256" else RSAKey).import_key(key.private_jwk)
+    header = {"alg": key.alg, "kid": key.kid}
+    bodies = []
+    for _ in range(count):
+        claims = {
+            "iss": client_id,
+            "sub": client_id,
+            "aud": audience,
+            "iat": iat,
+            "exp": exp,
+            "jti": uuid.uuid4().hex,
+        }
+        bodies.append(BODY_PREFIX + jwt.encode(header, claims, signer))
+    return bodies
+
+
+@dataclass(slots=True)
+class TokenPool:
+    """A file of request bodies, one a line, each with its own assertion."""
+
+    path: Path
+    key: SigningKey
+    client_id: str
+    audience: str
+    lifetime: int
+    count: int = 0
+    expires_at: float = field(default=float("inf"))  # of the oldest body
+
+    def ensure(self, count: int, cpus: Collection[int]) -> float:
+        """Mint bodies on `cpus` until the pool holds at least `count`; returns seconds spent."""
+        missing = count - self.count
+        if missing <= 0:
+            return 0.0
+        started = time.monotonic()
+        iat = int(time.time())
+        exp = iat + self.lifetime
+        sizes = [min(CHUNK, missing - start) for start in range(0, missing, CHUNK)]
+        with ProcessPoolExecutor(
+            max_workers=len(cpus),
+            mp_context=multiprocessing.get_context("fork"),
+            # The harness pins itself to the load core; the minting workers use every core.
+            initializer=os.sched_setaffinity,
+            initargs=(0, cpus),
+        ) as pool:
+            futures = [
+                pool.submit(_mint_chunk, self.key, self.client_id, self.audience, iat, exp, size)
+                for size in sizes
+            ]
+            with self.path.open("a", encoding="ascii") as out:
+                for future in futures:
+                    out.write("\n".join(future.result()) + "\n")
+        self.count += missing
+        self.expires_at = min(self.expires_at, exp)
+        return time.monotonic() - started
+
+    def reset(self) -> None:
+        """Forget every body (before minting a fresh pool)."""
+        self.path.write_bytes(b"")
+        self.count = 0
+        self.expires_at = float("inf")
+
+    def seconds_left(self) -> float:
+        """How long until the oldest assertion in the pool expires."""
+        return self.expires_at - time.time()
