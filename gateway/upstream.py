@@ -22,7 +22,8 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
      "te", "trailer", "transfer-encoding", "upgrade"}
 )
-_RECOMPUTED = frozenset({"host", "content-length"})
+# Expect: 100-continue was answered by our own server already; the backend gets the whole body.
+_RECOMPUTED = frozenset({"host", "content-length", "expect"})
 _REPLY_SKIP = HOP_BY_HOP | {"content-length"}
 # Node's http server (many IdPs) closes idle connections after 5 s, and a POST is never retried
 # on a stale connection: keep our idle time below the backend's.

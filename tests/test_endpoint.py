@@ -106,6 +106,16 @@ async def test_hop_by_hop_and_connection_named_headers_are_not_forwarded(
     assert "X-Secret-Hop" not in seen and "Proxy-Authorization" not in seen and "TE" not in seen
 
 
+async def test_expect_100_continue_is_answered_here_not_forwarded(
+    gw: Running, backend: Backend
+) -> None:
+    # curl sends Expect: 100-continue for bodies over 1 KiB (large RSA assertions).
+    status, _, _ = await gw.post(gw.form(token(gw.signer), scope="s" * 1200),
+                                 headers={"Expect": "100-continue"})
+    assert status == 200
+    assert "Expect" not in backend.seen[0].headers
+
+
 async def test_backend_errors_are_relayed_as_they_are(gw: Running, backend: Backend) -> None:
     backend.status, backend.body = 400, b'{"error":"invalid_scope"}'
     status, _, body = await gw.post(gw.form(token(gw.signer)))
