@@ -1,35 +1,41 @@
-"""The aiohttp applications (public and admin), their resources and their lifecycles."""
+"""The aiohttp applications (public and admin), their resources, lifecycles and live reload."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
+import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .app_keys import AUDIT, LEDGER, METRICS, RUNTIME, UPSTREAM
 from .audit import AuditLog
-from .config import Settings
+from .config import JwksFetchSettings, Settings, load_settings
+from .errors import ConfigError
 from .handlers import dispatch
+from .jwks_fetch import new_jwks_session
 from .metrics import GatewayMetrics
 from .replay import MemoryReplayLedger, ReplayLedger
-from .runtime import Runtime, build_runtime
+from .runtime import (
+    RemoteKeys,
+    Runtime,
+    RuntimeSlot,
+    build_runtime,
+    close_sources,
+    start_sources,
+)
 from .upstream import new_upstream
 
+log = logging.getLogger("gateway")
 
-@dataclass(slots=True)
-class Gateway:
-    """The two applications of one gateway process and the state they share."""
-
-    public: web.Application
-    admin: web.Application
-    runtime: Runtime
-    metrics: GatewayMetrics
-    ledger: ReplayLedger
+# Settings a running process cannot change: a reload applies the rest and says so.
+RESTART_ONLY = ("listen", "admin", "backend", "replay")
 
 
 def build_ledger(settings: Settings) -> ReplayLedger:
@@ -42,68 +48,171 @@ def build_ledger(settings: Settings) -> ReplayLedger:
     raise ValueError(f"replay store {settings.replay.store!r} is not available in this version")
 
 
+class Gateway:
+    """The two applications of one gateway process, the state they share, and reload."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger: ReplayLedger | None = None,
+        metrics: GatewayMetrics | None = None,
+        audit_stream: TextIO | None = sys.stdout,
+        config_path: Path | None = None,
+    ) -> None:
+        # Validate every key set before anything starts; remote sets are created on startup,
+        # inside the running loop that their HTTP session needs.
+        self.slot = RuntimeSlot(build_runtime(settings))
+        self.ledger = ledger if ledger is not None else build_ledger(settings)
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.config_path = config_path
+        self._reload_lock = asyncio.Lock()
+        self._jwks: tuple[JwksFetchSettings, aiohttp.ClientSession] | None = None
+        self.public = self._public_app(settings, audit_stream)
+        self.admin = create_admin_app(self)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.slot.current
+
+    def _public_app(self, settings: Settings, audit_stream: TextIO | None) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024,
+                              handler_args={"auto_decompress": False})
+        app[RUNTIME] = self.slot
+        app[LEDGER] = self.ledger
+        app[METRICS] = self.metrics
+        app[AUDIT] = AuditLog(audit_stream)
+
+        async def backend_pool(app: web.Application) -> AsyncIterator[None]:
+            upstream = new_upstream(settings.backend)
+            app[UPSTREAM] = upstream
+            yield
+            await upstream.close()
+
+        async def key_sources(_: web.Application) -> AsyncIterator[None]:
+            await self._install(self.slot.current.settings)
+            yield
+            await self._close()
+
+        async def close_ledger(_: web.Application) -> AsyncIterator[None]:
+            yield
+            await self.ledger.close()
+
+        app.cleanup_ctx.extend([backend_pool, key_sources, close_ledger])
+        app.router.add_route("*", "/{tail:.*}", dispatch)
+        return app
+
+    def _hooks(self, session: aiohttp.ClientSession) -> RemoteKeys:
+        metrics = self.metrics
+        return RemoteKeys(
+            session,
+            on_fetch=lambda client, result: metrics.jwks_fetch.labels(client, result).inc(),
+            on_keys=lambda client, count: metrics.jwks_keys.labels(client).set(count),
+        )
+
+    async def _install(self, settings: Settings) -> None:
+        """Build and start a runtime for ``settings`` and put it in force.
+
+        Raises ConfigError when a key set cannot be imported; the old runtime stays.
+        """
+        old, fetch = self.slot.current, settings.jwks_fetch
+        # The JWKS session carries the fetch rules (TLS anchors, address guard): new rules,
+        # new session, committed only once the new runtime is in force.
+        renew = self._jwks is None or self._jwks[0] != fetch
+        session = new_jwks_session(fetch) if renew or self._jwks is None else self._jwks[1]
+        try:
+            new = build_runtime(settings, remote=self._hooks(session), previous=old)
+        except ConfigError:
+            if renew:
+                await session.close()
+            raise
+        await start_sources(new, previous=old)
+        self.slot.current = new
+        await close_sources(old, keep=new)
+        if renew:
+            if self._jwks is not None:
+                await self._jwks[1].close()
+            self._jwks = (fetch, session)
+        for client_id, client in new.clients.items():
+            current = client.keys.current()
+            self.metrics.jwks_keys.labels(client_id).set(len(current.keys) if current else 0)
+        for client_id in old.clients.keys() - new.clients.keys():
+            self.metrics.jwks_keys.remove(client_id)
+
+    async def _close(self) -> None:
+        await close_sources(self.slot.current)
+        if self._jwks is not None:
+            await self._jwks[1].close()
+            self._jwks = None
+
+    async def reload(self, settings: Settings | None = None) -> None:
+        """Put new settings in force for new requests (in-flight ones finish on the old).
+
+        Without ``settings``, re-reads the config file (and its jwks_files).
+        Raises ConfigError listing every problem; the running configuration then stays.
+        """
+        async with self._reload_lock:
+            if settings is None:
+                if self.config_path is None:
+                    raise ConfigError([("", "no configuration file to reload")])
+                settings = await asyncio.to_thread(load_settings, self.config_path)
+            before = self.slot.current.settings
+            await self._install(settings)
+        ignored = [key for key in RESTART_ONLY if getattr(before, key) != getattr(settings, key)]
+        if ignored:
+            log.warning("reload: changes to %s take effect after a restart", ", ".join(ignored))
+        log.info("reload: %d client(s) in force", len(self.slot.current.clients))
+
+
 def create_gateway(
     settings: Settings,
     *,
     ledger: ReplayLedger | None = None,
     metrics: GatewayMetrics | None = None,
     audit_stream: TextIO | None = sys.stdout,
+    config_path: Path | None = None,
 ) -> Gateway:
     """Build both applications; resources are opened on startup and closed on cleanup.
 
-    Raises ConfigError when the settings name something this version cannot serve.
+    Raises ConfigError when a key set cannot be imported, ValueError for a replay store
+    this version cannot provide.
     """
-    runtime = build_runtime(settings)
-    ledger = ledger if ledger is not None else build_ledger(settings)
-    metrics = metrics if metrics is not None else GatewayMetrics()
-    for client_id, client in runtime.clients.items():
-        current = client.keys.current()
-        metrics.jwks_keys.labels(client_id).set(len(current.keys) if current else 0)
-
-    public = web.Application(client_max_size=1024 * 1024, handler_args={"auto_decompress": False})
-    public[RUNTIME] = runtime
-    public[LEDGER] = ledger
-    public[METRICS] = metrics
-    public[AUDIT] = AuditLog(audit_stream)
-
-    async def backend_pool(app: web.Application) -> AsyncIterator[None]:
-        upstream = new_upstream(settings.backend)
-        app[UPSTREAM] = upstream
-        yield
-        await upstream.close()
-
-    async def close_ledger(app: web.Application) -> AsyncIterator[None]:
-        yield
-        await ledger.close()
-
-    public.cleanup_ctx.append(backend_pool)
-    public.cleanup_ctx.append(close_ledger)
-    public.router.add_route("*", "/{tail:.*}", dispatch)
-    admin = create_admin_app(runtime, ledger, metrics)
-    return Gateway(public=public, admin=admin, runtime=runtime, metrics=metrics, ledger=ledger)
+    return Gateway(settings, ledger=ledger, metrics=metrics, audit_stream=audit_stream,
+                   config_path=config_path)
 
 
-def create_admin_app(
-    runtime: Runtime, ledger: ReplayLedger, metrics: GatewayMetrics
-) -> web.Application:
-    """/metrics, /healthz and /readyz, served on the admin listener only."""
+def create_admin_app(gateway: Gateway) -> web.Application:
+    """/metrics, /healthz, /readyz and POST /reload, served on the admin listener only."""
     admin = web.Application()
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
+        runtime = gateway.slot.current
         parts = {
             "config": True,
-            "keys": all(c.keys.ready() for c in runtime.clients.values()),
-            "ledger": ledger.ready(),
+            "keys": runtime.settings.jwks_fetch.ready_without_keys or runtime.keys_settled(),
+            "ledger": gateway.ledger.ready(),
         }
         ready = all(parts.values())
         body = {"status": "ready" if ready else "not_ready", "checks": parts}
         return web.Response(status=200 if ready else 503, text=json.dumps(body),
                             content_type="application/json")
 
+    async def reload(_: web.Request) -> web.Response:
+        try:
+            await gateway.reload()
+        except ConfigError as exc:
+            for where, message in exc.problems:
+                log.error("reload refused: %s: %s", where, message)
+            problems = [{"path": where, "message": message} for where, message in exc.problems]
+            return web.json_response({"status": "refused", "problems": problems}, status=400)
+        return web.json_response({"status": "reloaded",
+                                  "clients": sorted(gateway.slot.current.clients)})
+
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
-    admin.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    admin.router.add_post("/reload", reload)
+    admin.router.add_get("/metrics", make_aiohttp_handler(gateway.metrics.registry))
     return admin

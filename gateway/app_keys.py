@@ -7,10 +7,10 @@ from aiohttp import web
 from .audit import AuditLog
 from .metrics import GatewayMetrics
 from .replay import ReplayLedger
-from .runtime import Runtime
+from .runtime import RuntimeSlot
 from .upstream import Upstream
 
-RUNTIME = web.AppKey("runtime", Runtime)
+RUNTIME = web.AppKey("runtime", RuntimeSlot)
 LEDGER = web.AppKey("ledger", ReplayLedger)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 AUDIT = web.AppKey("audit", AuditLog)

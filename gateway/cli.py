@@ -20,6 +20,7 @@ from . import __version__
 from .app import Gateway, build_ledger, create_gateway
 from .config import Settings, lint_settings, load_settings, settings_json_schema
 from .errors import ConfigError
+from .inventory import collect_inventory, render_inventory
 from .mint import generate_key, load_private_key, mint_assertion
 from .runtime import build_runtime
 
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="default: from the key (ES256/ES384/ES512, EdDSA, PS256 for RSA)")
     mint.add_argument("--kid", default=None)
     mint.add_argument("--lifetime", type=float, default=60.0, help="seconds (default 60)")
+    keys = verbs.add_parser("keys", help="list every client's keys (fetching remote sets)")
+    keys.add_argument("--config", required=True, type=Path)
+    keys.add_argument("--json", action="store_true", help="machine-readable output")
     demo = verbs.add_parser("demo", help="the whole flow on loopback")
     demo.add_argument("--quiet", action="store_true")
     return parser
@@ -75,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keygen(args.alg, args.kid, args.out)
     if verb == "mint":
         return mint(args)
+    if verb == "keys":
+        return keys_inventory(args.config, as_json=args.json)
     from .demo import run_demo  # the demo's own IdP is only imported when asked for
 
     return run_demo(quiet=args.quiet)
@@ -98,6 +104,19 @@ def check(path: Path, *, strict: bool) -> int:
         print(f"warning: {where}: {message}")
     print(f"{path}: ok, {len(settings.clients)} client(s), {len(warnings)} warning(s)")
     return EXIT_WARNINGS if strict and warnings else EXIT_OK
+
+
+def keys_inventory(path: Path, *, as_json: bool) -> int:
+    """Print the key inventory; exit 2 on a bad configuration, 1 when a remote fetch failed."""
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        for where, message in exc.problems:
+            print(f"error: {where}: {message}" if where else f"error: {message}")
+        return EXIT_ERRORS
+    entries = asyncio.run(collect_inventory(settings))
+    print(render_inventory(entries, as_json=as_json))
+    return EXIT_WARNINGS if any(entry.error for entry in entries) else EXIT_OK
 
 
 def keygen(alg: str, kid: str | None, out: Path | None) -> int:
@@ -140,7 +159,7 @@ def serve(path: Path, workers: int) -> int:
         settings = load_settings(path)
         if workers != 1:
             raise ConfigError([("--workers", "only one worker process is supported")])
-        gateway = create_gateway(settings)
+        gateway = create_gateway(settings, config_path=path)
     except ConfigError as exc:
         for where, message in exc.problems:
             log.error("config: %s: %s", where, message)
@@ -155,6 +174,15 @@ def serve(path: Path, workers: int) -> int:
     return uvloop.run(_serve(gateway, settings))
 
 
+async def _reload(gateway: Gateway) -> None:
+    """SIGHUP: re-read the config file; a refused one is logged and the old one stays."""
+    try:
+        await gateway.reload()
+    except ConfigError as exc:
+        for where, message in exc.problems:
+            log.error("reload refused: %s: %s", where, message)
+
+
 async def _serve(gateway: Gateway, settings: Settings) -> int:
     runners = [web.AppRunner(gateway.public, access_log=None),
                web.AppRunner(gateway.admin, access_log=None)]
@@ -162,6 +190,14 @@ async def _serve(gateway: Gateway, settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload(gateway))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         for runner in runners:
             await runner.setup()

@@ -103,6 +103,8 @@ class JwksFetchSettings(_Frozen):
     allow_http: bool = False
     allow_private_networks: bool = False
     ca_file: StrictStr | None = None  # resolved against the config file's directory
+    # /readyz waits for every remote key set's first fetch unless this is true.
+    ready_without_keys: bool = False
 
     @model_validator(mode="after")
     def _ttl_order(self) -> JwksFetchSettings:
@@ -152,6 +154,7 @@ class ClientSettings(_Frozen):
     clock_skew: ClockSkew | None = None
     audience: Audience | None = None
     require_typ: bool | None = None
+    enabled: bool = True
     _jwks_keys: tuple[dict[str, Any], ...] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")

@@ -12,7 +12,13 @@ import time
 from aiohttp import web
 
 from .app_keys import AUDIT, LEDGER, METRICS, RUNTIME, UPSTREAM
-from .assertion import VerifiedAssertion, parse_assertion, verify_assertion
+from .assertion import (
+    AssertionPolicy,
+    ParsedAssertion,
+    VerifiedAssertion,
+    parse_assertion,
+    verify_assertion,
+)
 from .audit import AuditRecord, jti_digest, untrusted
 from .errors import (
     GatewayError,
@@ -25,6 +31,7 @@ from .errors import (
 )
 from .form import DEFAULT_MAX_BODY_BYTES, TokenForm, parse_form
 from .metrics import UNKNOWN_CLIENT, status_class
+from .runtime import ClientRuntime, Runtime
 from .upstream import forwarded_request_headers, skipped_request_headers
 
 log = logging.getLogger("gateway")
@@ -36,6 +43,7 @@ MAX_PASSTHROUGH_BODY = 1024 * 1024
 _ENDPOINT_SKIP = skipped_request_headers(
     ("Authorization", "Content-Type", "Content-Encoding", "X-Request-Id"))
 _PASSTHROUGH_SKIP = skipped_request_headers(("X-Request-Id",))
+_KEY_MISS = frozenset({"no_matching_key", "bad_signature"})
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -82,13 +90,13 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Route on the raw path, byte for byte: what is matched is exactly what is forwarded."""
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].current  # read once: a reload does not change this request
     path = request.raw_path.partition("?")[0]
     request_id = request_id_of(request)
     basic = "Authorization" in request.headers
     try:
         if path in runtime.endpoints:
-            return await handle_endpoint(request, path, request_id)
+            return await handle_endpoint(request, runtime, path, request_id)
         if path in runtime.passthrough:
             return await handle_passthrough(request, path, request_id)
         raise NotFound("no_route")
@@ -101,7 +109,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_endpoint(
-    request: web.Request, path: str, request_id: str
+    request: web.Request, runtime: Runtime, path: str, request_id: str
 ) -> web.StreamResponse:
     """Authenticate, record the jti, rewrite and forward; audit and count every outcome."""
     started = time.perf_counter()
@@ -109,10 +117,10 @@ async def handle_endpoint(
                          remote=request.remote)
     metrics = request.app[METRICS]
     try:
-        form, verified = await _authenticate(request, path, record)
+        form, approved = await _authenticate(request, runtime, path, record)
         record.result, record.reason = "accepted", "ok"
         response, record.backend_status = await _forward_endpoint(
-            request, path, request_id, form, verified)
+            request, path, request_id, form, approved)
         return response
     except GatewayError as error:
         if record.result == "rejected":
@@ -123,16 +131,15 @@ async def handle_endpoint(
             log.info("request %s: %s (%s)", request_id, error.reason, error.detail)
         raise
     finally:
-        client = record.client or UNKNOWN_CLIENT
-        metrics.count_auth(client, path, record.result, record.reason)
+        metrics.count_auth(record.client or UNKNOWN_CLIENT, path, record.result, record.reason)
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         request.app[AUDIT].write(record)
 
 
 async def _authenticate(
-    request: web.Request, path: str, record: AuditRecord
-) -> tuple[TokenForm, VerifiedAssertion]:
-    runtime, metrics = request.app[RUNTIME], request.app[METRICS]
+    request: web.Request, runtime: Runtime, path: str, record: AuditRecord
+) -> tuple[TokenForm, ClientRuntime]:
+    """Detect the mechanism, look the client up, verify, then record the jti (last)."""
     if request.method != "POST":
         raise MethodNotAllowed("method_not_allowed", untrusted(request.method) or "")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -152,17 +159,33 @@ async def _authenticate(
     if client is None:
         raise InvalidClient("unknown_client", untrusted(claimed) or "")
     record.client = client.client_id
-    keys = client.keys.current()
-    if keys is None:
-        raise TemporarilyUnavailable("keys_unavailable")
     policy = client.policies[path]
     now = time.time()
-    verified = verify_assertion(parsed, keys, policy, now)
-    metrics.verification_seconds.observe(time.perf_counter() - started)
+    verified = await _verify(client, parsed, policy, now)
+    request.app[METRICS].verification_seconds.observe(time.perf_counter() - started)
     record.key_thumbprint = verified.key_thumbprint
     record.jti_hash = jti_digest(client.client_id, verified.jti)
     await _check_replay(request, verified, policy.clock_skew, now)
-    return form, verified
+    return form, client
+
+
+async def _verify(
+    client: ClientRuntime, parsed: ParsedAssertion, policy: AssertionPolicy, now: float
+) -> VerifiedAssertion:
+    """Verify against the client's keys; on a key miss, refetch a remote set once and retry."""
+    keys = client.keys.current()
+    if keys is None:
+        raise TemporarilyUnavailable("keys_unavailable")
+    try:
+        return verify_assertion(parsed, keys, policy, now)
+    except InvalidClient as error:
+        # A rotated key shows up as an unknown kid (or, without a kid, as no key verifying).
+        if error.reason not in _KEY_MISS or client.keys.kind != "jwks_uri":
+            raise
+        fresh = await client.keys.refresh_for_unknown_kid()
+        if fresh is None or fresh is keys:
+            raise
+    return verify_assertion(parsed, fresh, policy, now)
 
 
 async def _check_replay(
@@ -181,10 +204,9 @@ async def _check_replay(
 
 
 async def _forward_endpoint(
-    request: web.Request, path: str, request_id: str, form: TokenForm,
-    verified: VerifiedAssertion,
+    request: web.Request, path: str, request_id: str, form: TokenForm, client: ClientRuntime
 ) -> tuple[web.StreamResponse, int]:
-    credential = request.app[RUNTIME].clients[verified.client_id].credential
+    credential = client.credential
     headers = forwarded_request_headers(request, skip=_ENDPOINT_SKIP, request_id=request_id)
     headers.append(("Content-Type", "application/x-www-form-urlencoded"))
     if credential.authorization is not None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import aiohttp
 
 from .assertion import AssertionPolicy
 from .config import Settings
 from .errors import ConfigError
-from .keys import KeySource, StaticKeySource
+from .keys import KeySource, RemoteKeySource, StaticKeySource
 from .keyset import prepare_keyset
 from .upstream import BackendCredential
+
+FetchHook = Callable[[str, str], None]
+KeysHook = Callable[[str, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,29 @@ class Runtime:
     clients: Mapping[str, ClientRuntime]
     endpoints: frozenset[str]
     passthrough: frozenset[str]
+
+    def sources(self) -> list[KeySource]:
+        return [client.keys for client in self.clients.values()]
+
+    def keys_settled(self) -> bool:
+        """Every key source has keys or has failed its first fetch (what /readyz waits for)."""
+        return all(source.settled() for source in self.sources())
+
+
+class RuntimeSlot:
+    """The runtime in force. A reload swaps it whole; a request reads it once and keeps it."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteKeys:
+    """What building a runtime needs to create remote key sources."""
+
+    session: aiohttp.ClientSession
+    on_fetch: FetchHook | None = None
+    on_keys: KeysHook | None = None
 
 
 def _policies(settings: Settings, client_id: str) -> dict[str, AssertionPolicy]:
@@ -50,29 +79,55 @@ def _policies(settings: Settings, client_id: str) -> dict[str, AssertionPolicy]:
     return policies
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Import every key and prepare every policy once.
+def _key_source(
+    settings: Settings, client_id: str, remote: RemoteKeys | None,
+    previous: Mapping[str, KeySource],
+) -> KeySource | None:
+    """The client's key source: imported now, reused from the last runtime, or remote.
 
-    Raises ConfigError for a client this version cannot serve.
+    Raises ValueError for a key set that cannot be imported.
+    """
+    client = settings.clients[client_id]
+    if client.jwks_uri is None:
+        kind = "jwks_file" if client.jwks_file else "jwks"
+        return StaticKeySource(prepare_keyset(client.jwks_keys or ()), kind)
+    if remote is None:
+        return None
+    old = previous.get(client_id)
+    # A reload keeps a warm cache when neither the address nor the fetch rules changed.
+    if (isinstance(old, RemoteKeySource) and old.uri == client.jwks_uri
+            and old.settings == settings.jwks_fetch):
+        return old
+    return RemoteKeySource(client_id, client.jwks_uri, settings.jwks_fetch, remote.session,
+                           on_fetch=remote.on_fetch, on_keys=remote.on_keys)
+
+
+def build_runtime(
+    settings: Settings, *, remote: RemoteKeys | None = None, previous: Runtime | None = None
+) -> Runtime:
+    """Import every key and prepare every policy once; disabled clients are left out.
+
+    Without ``remote`` (a configuration check), clients with a jwks_uri are validated but
+    not served. Raises ConfigError for a key set that cannot be imported.
     """
     clients: dict[str, ClientRuntime] = {}
     problems: list[tuple[str, str]] = []
+    old_sources = {cid: c.keys for cid, c in previous.clients.items()} if previous else {}
     for client_id, client in settings.clients.items():
-        if client.jwks_keys is None:
-            problems.append((f"clients.{client_id}.jwks_uri",
-                             "remote key sets are not supported by this version; "
-                             "use jwks or jwks_file"))
+        if not client.enabled:
             continue
-        kind = "jwks_file" if client.jwks_file else "jwks"
         try:
-            keyset = prepare_keyset(client.jwks_keys)
+            keys = _key_source(settings, client_id, remote, old_sources)
         except ValueError as exc:  # structurally fine, cryptographically not (an off-curve point)
+            kind = "jwks_file" if client.jwks_file else "jwks"
             problems.append((f"clients.{client_id}.{kind}", str(exc)))
+            continue
+        if keys is None:
             continue
         auth = client.backend_auth
         clients[client_id] = ClientRuntime(
             client_id=client_id,
-            keys=StaticKeySource(keyset, kind),
+            keys=keys,
             policies=_policies(settings, client_id),
             credential=BackendCredential(client_id, auth.method, auth.secret_value()),
         )
@@ -84,3 +139,15 @@ def build_runtime(settings: Settings) -> Runtime:
         endpoints=frozenset(settings.endpoints),
         passthrough=frozenset(settings.passthrough),
     )
+
+
+async def start_sources(runtime: Runtime, previous: Runtime | None = None) -> None:
+    """Start the sources this runtime added (concurrently, without waiting for fetches)."""
+    running = {id(source) for source in previous.sources()} if previous else set()
+    await asyncio.gather(*(s.start() for s in runtime.sources() if id(s) not in running))
+
+
+async def close_sources(runtime: Runtime, keep: Runtime | None = None) -> None:
+    """Close the sources of ``runtime`` that ``keep`` no longer uses."""
+    kept = {id(source) for source in keep.sources()} if keep else set()
+    await asyncio.gather(*(s.close() for s in runtime.sources() if id(s) not in kept))

@@ -17,6 +17,8 @@ import pytest
 
 from gateway.assertion import AssertionPolicy, parse_assertion, verify_assertion
 from gateway.keyset import prepare_keyset
+from tests.conftest import ASSERTION_TYPE, ISSUER, Backend, gateway_yaml
+from tests.support.tokens import make_signer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "gateway.example.yaml"
@@ -99,40 +101,35 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+async def test_serve_answers_and_stops_cleanly_on_sigterm(
+    backend: Backend, tmp_path: Path
+) -> None:
     port, admin = _free_port(), _free_port()
-    text = EXAMPLE.read_text()
-    override = tmp_path / "serve.yaml"
-    override.write_text(text.replace("port: 8080", f"port: {port}").replace(
-        "port: 9100", f"port: {admin}").replace("host: 0.0.0.0", "host: 127.0.0.1"))
+    config = tmp_path / "serve.yaml"
+    config.write_text(gateway_yaml(
+        backend.url, {"keys": [make_signer("ES256").public_jwk]},
+        extra=f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
+              f"admin: {{host: 127.0.0.1, port: {admin}}}\n"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(override)], cwd=ROOT,
-        env={**os.environ, **EXAMPLE_ENV}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+        env={**os.environ, "CI_SECRET": "serve-test-secret"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
         async with aiohttp.ClientSession() as session:
-            while True:
-                try:
-                    async with session.get(f"http://127.0.0.1:{admin}/healthz") as response:
-                        assert response.status == 200
-                        break
-                except aiohttp.ClientConnectionError:
-                    assert time.monotonic() < deadline, "serve did not start"
-                    await asyncio.sleep(0.1)
+            await _wait_healthy(session, admin)
             async with session.post(f"http://127.0.0.1:{port}/oauth2/token",
                                     data={"grant_type": "client_credentials"}) as response:
                 assert response.status == 401
             async with session.get(f"http://127.0.0.1:{admin}/metrics") as response:
                 assert "pkjwt_build_info" in await response.text()
+            async with session.get(f"http://127.0.0.1:{admin}/readyz") as response:
+                assert response.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def test_check_reports_a_key_that_cannot_be_imported(tmp_path: Path) -> None:
@@ -146,3 +143,63 @@ def test_check_reports_a_key_that_cannot_be_imported(tmp_path: Path) -> None:
     result = run("check", "--config", str(config))
     assert result.returncode == 2
     assert "clients.c.jwks" in result.stdout and "Traceback" not in result.stderr
+
+
+async def test_sighup_reloads_a_running_server(backend: Backend, tmp_path: Path) -> None:
+    port, admin = _free_port(), _free_port()
+    listeners = (f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
+                 f"admin: {{host: 127.0.0.1, port: {admin}}}\n")
+    newcomer = make_signer("ES256", kid="newcomer", slot=1)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(gateway_yaml(backend.url, {"keys": [make_signer("ES256").public_jwk]},
+                                   extra=listeners))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+        env={**os.environ, "CI_SECRET": "sighup-test-secret"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/oauth2/token"
+
+    async def status_for_newcomer(session: aiohttp.ClientSession) -> int:
+        now = int(time.time())
+        assertion = newcomer.sign(
+            {"alg": "ES256", "kid": "newcomer"},
+            {"iss": "newcomer", "sub": "newcomer", "aud": ISSUER, "iat": now, "exp": now + 60,
+             "jti": os.urandom(8).hex()})
+        async with session.post(url, data={
+                "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion}) as response:
+            return response.status
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_healthy(session, admin)
+            assert await status_for_newcomer(session) == 401
+            block = (f"\n  newcomer:\n    jwks: {{keys: [{json.dumps(newcomer.public_jwk)}]}}\n"
+                     "    backend_auth: {method: none}\n")
+            config.write_text(gateway_yaml(
+                backend.url, {"keys": [make_signer("ES256").public_jwk]},
+                extra=block + listeners))
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while await status_for_newcomer(session) != 200:
+                assert time.monotonic() < deadline, "SIGHUP did not reload"
+                await asyncio.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def _wait_healthy(session: aiohttp.ClientSession, admin: int) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            async with session.get(f"http://127.0.0.1:{admin}/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        assert time.monotonic() < deadline, "serve did not start"
+        await asyncio.sleep(0.1)
