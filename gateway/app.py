@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +22,7 @@ from .handlers import dispatch
 from .jwks_fetch import new_jwks_session
 from .metrics import GatewayMetrics
 from .replay import MemoryReplayLedger, ReplayLedger
+from .replay_redis import build_redis_ledger
 from .runtime import (
     RemoteKeys,
     Runtime,
@@ -34,18 +35,38 @@ from .upstream import new_upstream
 
 log = logging.getLogger("gateway")
 
+# The in-process tier in front of Redis only saves round trips: it need not hold everything.
+LOCAL_TIER_MAX_ENTRIES = 100_000
 # Settings a running process cannot change: a reload applies the rest and says so.
 RESTART_ONLY = ("listen", "admin", "backend", "replay")
 
 
-def build_ledger(settings: Settings) -> ReplayLedger:
-    """The replay ledger the settings ask for.
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
 
-    Raises ValueError for a store this version cannot provide.
+
+def build_ledger(settings: Settings) -> ReplayLedger:
+    """The replay ledger the settings ask for (Redis is connected lazily, on first use).
+
+    Raises ValueError for an inconsistent Redis topology, OSError for an unreadable
+    password file.
     """
-    if settings.replay.store == "memory":
-        return MemoryReplayLedger(settings.replay.max_entries)
-    raise ValueError(f"replay store {settings.replay.store!r} is not available in this version")
+    replay = settings.replay
+    if replay.store == "memory":
+        return MemoryReplayLedger(replay.max_entries)
+    common: dict[str, Any] = {
+        "username": replay.redis_username, "password": replay.password_value(),
+        "timeout": replay.timeout, "max_connections": replay.redis_max_connections,
+        "local_max_entries": min(replay.max_entries, LOCAL_TIER_MAX_ENTRIES)}
+    if replay.redis_sentinels:
+        return build_redis_ledger(
+            sentinels=[_host_port(node) for node in replay.redis_sentinels],
+            sentinel_master=replay.redis_sentinel_master, **common)
+    if replay.redis_cluster_nodes:
+        return build_redis_ledger(
+            cluster_nodes=[_host_port(node) for node in replay.redis_cluster_nodes], **common)
+    return build_redis_ledger(url=replay.redis_url, **common)
 
 
 class Gateway:
@@ -66,6 +87,7 @@ class Gateway:
         self.ledger = ledger if ledger is not None else build_ledger(settings)
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.config_path = config_path
+        self.draining = False  # set on SIGTERM: /readyz answers 503 while requests finish
         self._reload_lock = asyncio.Lock()
         self._jwks: tuple[JwksFetchSettings, aiohttp.ClientSession] | None = None
         self.public = self._public_app(settings, audit_stream)
@@ -94,11 +116,14 @@ class Gateway:
             yield
             await self._close()
 
-        async def close_ledger(_: web.Application) -> AsyncIterator[None]:
+        async def ledger_lifecycle(_: web.Application) -> AsyncIterator[None]:
+            if not await self.ledger.ping():
+                log.warning("replay ledger (%s) not reachable at start-up: requests get 503 "
+                            "until it is", self.ledger.name)
             yield
             await self.ledger.close()
 
-        app.cleanup_ctx.extend([backend_pool, key_sources, close_ledger])
+        app.cleanup_ctx.extend([backend_pool, key_sources, ledger_lifecycle])
         app.router.add_route("*", "/{tail:.*}", dispatch)
         return app
 
@@ -193,7 +218,9 @@ def create_admin_app(gateway: Gateway) -> web.Application:
         parts = {
             "config": True,
             "keys": runtime.settings.jwks_fetch.ready_without_keys or runtime.keys_settled(),
-            "ledger": gateway.ledger.ready(),
+            # Without traffic nothing else would notice a store that came back.
+            "ledger": gateway.ledger.ready() or await gateway.ledger.ping(),
+            "serving": not gateway.draining,
         }
         ready = all(parts.values())
         body = {"status": "ready" if ready else "not_ready", "checks": parts}

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
 from . import __version__
-from .app import Gateway, build_ledger, create_gateway
-from .config import Settings, lint_settings, load_settings, settings_json_schema
+from .app import build_ledger
+from .config import lint_settings, load_settings, settings_json_schema
 from .errors import ConfigError
 from .inventory import collect_inventory, render_inventory
 from .mint import generate_key, load_private_key, mint_assertion
 from .runtime import build_runtime
+from .serve import memory_store_problem, serve
 
 EXIT_OK, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2
 KEYGEN_ALGORITHMS = ("ES256", "PS256", "RS256", "EdDSA", "Ed25519")
@@ -37,10 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
     serve = verbs.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", required=True, type=Path)
-    serve.add_argument("--workers", type=int, default=1, help="processes (only 1 in this version)")
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="processes sharing the port (SO_REUSEPORT); needs store: redis")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     check = verbs.add_parser("check", help="validate and lint a configuration")
     check.add_argument("--config", required=True, type=Path)
     check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    check.add_argument("--workers", type=_positive, default=1,
+                       help="check as for serve --workers N")
     verbs.add_parser("schema", help="print the configuration's JSON Schema")
     keygen = verbs.add_parser("keygen", help="new key pair: private PEM and public JWKS")
     keygen.add_argument("--alg", default="ES256", choices=KEYGEN_ALGORITHMS)
@@ -69,9 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     verb = args.verb
     if verb == "serve":
-        return serve(args.config, args.workers)
+        return serve(args.config, args.workers, worker=args.worker)
     if verb == "check":
-        return check(args.config, strict=args.strict)
+        return check(args.config, strict=args.strict, workers=args.workers)
     if verb == "schema":
         print(json.dumps(settings_json_schema(), indent=2))
         return EXIT_OK
@@ -86,17 +86,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_demo(quiet=args.quiet)
 
 
-def check(path: Path, *, strict: bool) -> int:
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def check(path: Path, *, strict: bool, workers: int = 1) -> int:
     """Print every problem (exit 2) or the warnings (exit 1 with --strict, else 0)."""
     try:
         settings = load_settings(path)
         build_runtime(settings)
         build_ledger(settings)
+        problems = memory_store_problem(settings, workers)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         for where, message in exc.problems:
             print(f"error: {where}: {message}" if where else f"error: {message}")
         return EXIT_ERRORS
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}")
         return EXIT_ERRORS
     warnings = lint_settings(settings)
@@ -151,70 +161,4 @@ def mint(args: argparse.Namespace) -> int:
         return EXIT_ERRORS
     print(mint_assertion(key, alg=alg, client_id=args.client_id, audience=args.audience,
                          lifetime=args.lifetime, kid=args.kid))
-    return EXIT_OK
-
-
-def serve(path: Path, workers: int) -> int:
-    try:
-        settings = load_settings(path)
-        if workers != 1:
-            raise ConfigError([("--workers", "only one worker process is supported")])
-        gateway = create_gateway(settings, config_path=path)
-    except ConfigError as exc:
-        for where, message in exc.problems:
-            log.error("config: %s: %s", where, message)
-        return EXIT_ERRORS
-    except ValueError as exc:
-        log.error("config: %s", exc)
-        return EXIT_ERRORS
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional off Linux
-        return asyncio.run(_serve(gateway, settings))
-    return uvloop.run(_serve(gateway, settings))
-
-
-async def _reload(gateway: Gateway) -> None:
-    """SIGHUP: re-read the config file; a refused one is logged and the old one stays."""
-    try:
-        await gateway.reload()
-    except ConfigError as exc:
-        for where, message in exc.problems:
-            log.error("reload refused: %s: %s", where, message)
-
-
-async def _serve(gateway: Gateway, settings: Settings) -> int:
-    runners = [web.AppRunner(gateway.public, access_log=None),
-               web.AppRunner(gateway.admin, access_log=None)]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    reloads: set[asyncio.Task[None]] = set()
-
-    def on_sighup() -> None:
-        task = loop.create_task(_reload(gateway))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    try:
-        for runner in runners:
-            await runner.setup()
-        await web.TCPSite(runners[0], settings.listen.host, settings.listen.port).start()
-        await web.TCPSite(runners[1], settings.admin.host, settings.admin.port).start()
-        log.info("listening on %s:%d (admin %s:%d)", settings.listen.host, settings.listen.port,
-                 settings.admin.host, settings.admin.port)
-        # Everything loaded so far (settings, keys, libraries) lives as long as the process:
-        # keep it out of the collector's full passes.
-        gc.freeze()
-        await stop.wait()
-        log.info("shutting down")
-    except OSError as exc:
-        log.error("cannot listen: %s", exc)
-        return EXIT_ERRORS
-    finally:
-        for runner in reversed(runners):
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
     return EXIT_OK

@@ -29,6 +29,7 @@ from gateway.config_types import (
     Duration,
     EnvSecret,
     Host,
+    HostPorts,
     HttpUrl,
     Lifetime,
     Paths,
@@ -73,6 +74,8 @@ class _Frozen(BaseModel):
 class ListenSettings(_Frozen):
     host: Host = "0.0.0.0"
     port: Port = 8080
+    # On SIGTERM: stop accepting, then give requests in flight this long to finish.
+    shutdown_grace: Duration = duration_field("15s", gt=0)
 
 
 class AdminSettings(_Frozen):
@@ -116,8 +119,35 @@ class JwksFetchSettings(_Frozen):
 class ReplaySettings(_Frozen):
     store: Literal["memory", "redis"] = "memory"
     redis_url: RedisUrl = DEFAULT_REDIS_URL
+    # Sentinel (with the master's name) or Cluster instead of one server:
+    redis_sentinels: HostPorts = ()
+    redis_sentinel_master: StrictStr | None = None
+    redis_cluster_nodes: HostPorts = ()
+    redis_username: StrictStr | None = None
+    redis_password: EnvSecret | None = None
+    redis_password_file: StrictStr | None = None
+    redis_max_connections: int = Field(default=64, gt=0, le=10_000)
+    timeout: Duration = duration_field("250ms", gt=0)  # budget of one replay check
     on_store_error: Literal["reject"] = "reject"
     max_entries: int = Field(default=DEFAULT_MEMORY_MAX_ENTRIES, gt=0)
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> ReplaySettings:
+        if bool(self.redis_sentinels) != (self.redis_sentinel_master is not None):
+            raise ValueError("redis_sentinels and redis_sentinel_master go together")
+        if self.redis_sentinels and self.redis_cluster_nodes:
+            raise ValueError("choose one of redis_sentinels, redis_cluster_nodes")
+        if self.redis_password is not None and self.redis_password_file is not None:
+            raise ValueError("choose one of redis_password, redis_password_file")
+        return self
+
+    def password_value(self) -> str | None:
+        """The Redis password, from !env or redis_password_file; raises OSError for the file."""
+        if self.redis_password is not None:
+            return self.redis_password.get_secret_value()
+        if self.redis_password_file is not None:
+            return read_secret_file(self.redis_password_file)
+        return None
 
 
 class BackendAuthSettings(_Frozen):

@@ -141,3 +141,16 @@ ClockSkew = Annotated[Duration, Field(ge=0, le=MAX_CLOCK_SKEW)]
 # Checked before conversion, while an !env value still carries its EnvStr mark.
 EnvSecret = Annotated[SecretStr, BeforeValidator(_env_only)]
 RedisUrl = Annotated[StrictStr, BeforeValidator(_check_redis_url)]
+
+
+def _check_host_port(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # the str type reports it
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port")
+    return value
+
+
+HostPort = Annotated[StrictStr, BeforeValidator(_check_host_port)]
+HostPorts = Annotated[tuple[HostPort, ...], Field(strict=False)]

@@ -201,6 +201,8 @@ def resolve_file_paths(data: dict[str, Any], base_dir: Path) -> None:
     ]
     if isinstance(data.get("jwks_fetch"), dict):
         owners.append((data["jwks_fetch"], "ca_file"))
+    if isinstance(data.get("replay"), dict):
+        owners.append((data["replay"], "redis_password_file"))
     for owner, key in owners:
         value = owner.get(key)
         if isinstance(value, str) and value:
@@ -227,6 +229,12 @@ class ReferencedFiles:
                 except (OSError, ValueError) as exc:
                     where = f"{path}.backend_auth.secret_file"
                     self.problems.append((where, describe_os_error(exc)))
+        replay = data.get("replay")
+        if isinstance(replay, dict) and isinstance(replay.get("redis_password_file"), str):
+            try:
+                read_secret_file(replay["redis_password_file"])
+            except (OSError, ValueError) as exc:
+                self.problems.append(("replay.redis_password_file", describe_os_error(exc)))
         fetch = data.get("jwks_fetch")
         if isinstance(fetch, dict) and isinstance(fetch.get("ca_file"), str):
             try:

@@ -32,7 +32,11 @@ class ReplayLedger(Protocol):
         ...
 
     def ready(self) -> bool:
-        """Whether the ledger can currently answer."""
+        """Whether the ledger answered its last check (cheap, no I/O)."""
+        ...
+
+    async def ping(self) -> bool:
+        """Ask the store now whether it answers (for readiness while no traffic flows)."""
         ...
 
     async def close(self) -> None: ...
@@ -81,6 +85,9 @@ class MemoryReplayLedger:
                 del self._expiry[key]
 
     def ready(self) -> bool:
+        return True
+
+    async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
