@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any, TextIO
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .app_keys import AUDIT, LEDGER, METRICS, RUNTIME, UPSTREAM
 from .audit import AuditLog
@@ -35,10 +39,11 @@ from .upstream import new_upstream
 
 log = logging.getLogger("gateway")
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The in-process tier in front of Redis only saves round trips: it need not hold everything.
 LOCAL_TIER_MAX_ENTRIES = 100_000
 # Settings a running process cannot change: a reload applies the rest and says so.
-RESTART_ONLY = ("listen", "admin", "backend", "replay")
+RESTART_ONLY = ("listen", "admin", "backend", "replay", "audit")
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -80,6 +85,7 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
         audit_stream: TextIO | None = sys.stdout,
         config_path: Path | None = None,
+        supervised: bool = False,
     ) -> None:
         # Validate every key set before anything starts; remote sets are created on startup,
         # inside the running loop that their HTTP session needs.
@@ -87,6 +93,7 @@ class Gateway:
         self.ledger = ledger if ledger is not None else build_ledger(settings)
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.config_path = config_path
+        self.supervised = supervised  # a worker of `serve --workers N`
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests finish
         self._reload_lock = asyncio.Lock()
         self._jwks: tuple[JwksFetchSettings, aiohttp.ClientSession] | None = None
@@ -131,7 +138,7 @@ class Gateway:
         metrics = self.metrics
         return RemoteKeys(
             session,
-            on_fetch=lambda client, result: metrics.jwks_fetch.labels(client, result).inc(),
+            on_fetch=metrics.count_fetch,
             on_keys=lambda client, count: metrics.jwks_keys.labels(client).set(count),
         )
 
@@ -177,12 +184,17 @@ class Gateway:
         Raises ConfigError listing every problem; the running configuration then stays.
         """
         async with self._reload_lock:
-            if settings is None:
-                if self.config_path is None:
-                    raise ConfigError([("", "no configuration file to reload")])
-                settings = await asyncio.to_thread(load_settings, self.config_path)
-            before = self.slot.current.settings
-            await self._install(settings)
+            try:
+                if settings is None:
+                    if self.config_path is None:
+                        raise ConfigError([("", "no configuration file to reload")])
+                    settings = await asyncio.to_thread(load_settings, self.config_path)
+                before = self.slot.current.settings
+                await self._install(settings)
+            except ConfigError:
+                self.metrics.config_reloads.labels("refused").inc()
+                raise
+            self.metrics.config_reloads.labels("ok").inc()
         ignored = [key for key in RESTART_ONLY if getattr(before, key) != getattr(settings, key)]
         if ignored:
             log.warning("reload: changes to %s take effect after a restart", ", ".join(ignored))
@@ -196,6 +208,7 @@ def create_gateway(
     metrics: GatewayMetrics | None = None,
     audit_stream: TextIO | None = sys.stdout,
     config_path: Path | None = None,
+    supervised: bool = False,
 ) -> Gateway:
     """Build both applications; resources are opened on startup and closed on cleanup.
 
@@ -203,7 +216,20 @@ def create_gateway(
     this version cannot provide.
     """
     return Gateway(settings, ledger=ledger, metrics=metrics, audit_stream=audit_stream,
-                   config_path=config_path)
+                   config_path=config_path, supervised=supervised)
+
+
+def exposition_registry(metrics: GatewayMetrics) -> CollectorRegistry:
+    """What /metrics shows: this process's registry, or with worker processes the sum of all.
+
+    prometheus-client switches to multiprocess values when PROMETHEUS_MULTIPROC_DIR is set
+    before it is imported; the supervisor sets it for its workers.
+    """
+    if not os.environ.get(MULTIPROC_ENV):
+        return metrics.registry
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+    return registry
 
 
 def create_admin_app(gateway: Gateway) -> web.Application:
@@ -228,6 +254,11 @@ def create_admin_app(gateway: Gateway) -> web.Application:
                             content_type="application/json")
 
     async def reload(_: web.Request) -> web.Response:
+        if gateway.supervised:
+            # This connection reached one worker of several: the supervisor reloads them all.
+            os.kill(os.getppid(), signal.SIGHUP)
+            return web.json_response({"status": "requested", "detail": "every worker re-reads "
+                                      "the file; refused changes are logged"}, status=202)
         try:
             await gateway.reload()
         except ConfigError as exc:
@@ -241,5 +272,5 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_post("/reload", reload)
-    admin.router.add_get("/metrics", make_aiohttp_handler(gateway.metrics.registry))
+    admin.router.add_get("/metrics", make_aiohttp_handler(exposition_registry(gateway.metrics)))
     return admin

@@ -150,6 +150,11 @@ class ReplaySettings(_Frozen):
         return None
 
 
+class AuditSettings(_Frozen):
+    # "stdout", "off", or a file path (appended to; relative to the config file).
+    output: StrictStr = "stdout"
+
+
 class BackendAuthSettings(_Frozen):
     method: Literal["client_secret_basic", "client_secret_post", "none"]
     secret: EnvSecret | None = None
@@ -215,6 +220,7 @@ class Settings(_Frozen):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     jwks_fetch: JwksFetchSettings = Field(default_factory=JwksFetchSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     clients: Annotated[dict[ClientId, ClientSettings], Field(min_length=1)]
 
     def effective_policy(self, client_id: str) -> PolicySettings:

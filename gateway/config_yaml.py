@@ -203,6 +203,9 @@ def resolve_file_paths(data: dict[str, Any], base_dir: Path) -> None:
         owners.append((data["jwks_fetch"], "ca_file"))
     if isinstance(data.get("replay"), dict):
         owners.append((data["replay"], "redis_password_file"))
+    audit = data.get("audit")
+    if isinstance(audit, dict) and audit.get("output") not in (None, "stdout", "off"):
+        owners.append((audit, "output"))
     for owner, key in owners:
         value = owner.get(key)
         if isinstance(value, str) and value:

@@ -94,6 +94,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     path = request.raw_path.partition("?")[0]
     request_id = request_id_of(request)
     basic = "Authorization" in request.headers
+    in_flight = request.app[METRICS].in_flight
+    in_flight.inc()
     try:
         if path in runtime.endpoints:
             return await handle_endpoint(request, runtime, path, request_id)
@@ -106,6 +108,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         log.exception("unexpected error (request_id=%s)", request_id)
         return error_response(ServerError("unexpected"), request_id=request_id,
                               basic_challenge=False)
+    finally:
+        in_flight.dec()
 
 
 async def handle_endpoint(
@@ -192,13 +196,15 @@ async def _check_replay(
     request: web.Request, verified: VerifiedAssertion, clock_skew: float, now: float
 ) -> None:
     ledger, metrics = request.app[LEDGER], request.app[METRICS]
+    started = time.perf_counter()
     try:
         fresh = await ledger.record(verified.client_id, verified.jti,
                                     verified.exp + clock_skew, now)
     except GatewayError:
-        metrics.count_replay_check(ledger.name, "error")
+        metrics.count_replay_check(ledger.name, "error", time.perf_counter() - started)
         raise
-    metrics.count_replay_check(ledger.name, "fresh" if fresh else "replayed")
+    metrics.count_replay_check(ledger.name, "fresh" if fresh else "replayed",
+                               time.perf_counter() - started)
     if not fresh:
         raise InvalidClient("replayed")
 

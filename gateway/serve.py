@@ -7,7 +7,9 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from aiohttp import web
 
@@ -37,7 +39,9 @@ def serve(path: Path, workers: int, *, worker: bool = False) -> int:
             raise ConfigError(problems)
         if workers > 1 and not worker:
             return supervise(path, workers, settings.listen.shutdown_grace)
-        gateway = create_gateway(settings, config_path=path)
+        audit = open_audit_sink(settings)
+        gateway = create_gateway(settings, config_path=path, supervised=worker,
+                                 audit_stream=audit)
     except ConfigError as exc:
         for where, message in exc.problems:
             log.error("config: %s: %s", where, message)
@@ -50,6 +54,21 @@ def serve(path: Path, workers: int, *, worker: bool = False) -> int:
     except ImportError:  # pragma: no cover - uvloop is optional off Linux
         return asyncio.run(_serve(gateway, settings, reuse_port=worker))
     return uvloop.run(_serve(gateway, settings, reuse_port=worker))
+
+
+def open_audit_sink(settings: Settings) -> TextIO | None:
+    """Where audit lines go: stdout, nowhere, or a file opened for appending.
+
+    Raises OSError when the file cannot be opened.
+    """
+    output = settings.audit.output
+    if output == "off":
+        return None
+    if output == "stdout":
+        return sys.stdout
+    # O_APPEND: several worker processes can share one file; each flush is one write.
+    # The file lives as long as the process.
+    return open(output, "a", encoding="utf-8")
 
 
 async def _reload(gateway: Gateway) -> None:

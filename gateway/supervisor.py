@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from prometheus_client import multiprocess
+
+from .app import MULTIPROC_ENV
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -33,6 +40,12 @@ class Supervisor:
         self.failed = False
 
     async def run(self) -> int:
+        with _metrics_directory() as directory:
+            self.env = {**os.environ, MULTIPROC_ENV: directory}
+            self.metrics_dir = directory
+            return await self._run()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
@@ -61,11 +74,14 @@ class Supervisor:
         delay = RESTART_DELAY
         while not self.stopping.is_set():
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(*self.command)
+            process = await asyncio.create_subprocess_exec(*self.command, env=self.env)
             self.processes[slot] = process
             log.info("worker %d started (pid %d)", slot, process.pid)
             code = await process.wait()
             del self.processes[slot]
+            # Its live gauges (in-flight requests) must not count in the sum any more.
+            multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]  # untyped upstream
+                process.pid, self.metrics_dir)
             if self.stopping.is_set():
                 if code != 0:
                     log.error("worker %d exited with %d while stopping", slot, code)
@@ -79,6 +95,21 @@ class Supervisor:
                 async with asyncio.timeout(delay):
                     await self.stopping.wait()
             delay = min(delay * 2, MAX_RESTART_DELAY)
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[str]:
+    """The workers' shared metrics directory: the operator's (wiped) or a temporary one."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        # Files of an earlier run would add old counts to this one.
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="pkjwt-metrics-") as directory:
+        yield directory
 
 
 def supervise(config: Path, workers: int, grace: float) -> int:

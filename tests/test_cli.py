@@ -203,3 +203,33 @@ async def _wait_healthy(session: aiohttp.ClientSession, admin: int) -> None:
             pass
         assert time.monotonic() < deadline, "serve did not start"
         await asyncio.sleep(0.1)
+
+
+async def test_audit_lines_go_to_the_configured_file(backend: Backend, tmp_path: Path) -> None:
+    port, admin = _free_port(), _free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(gateway_yaml(
+        backend.url, {"keys": [make_signer("ES256").public_jwk]},
+        extra=f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
+              f"admin: {{host: 127.0.0.1, port: {admin}}}\naudit: {{output: audit.log}}\n"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+        env={**os.environ, "CI_SECRET": "audit-test-secret"}, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_healthy(session, admin)
+            async with session.post(f"http://127.0.0.1:{port}/oauth2/token",
+                                    data={"grant_type": "client_credentials"}) as response:
+                assert response.status == 401
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stdout is not None
+    assert proc.stdout.read() == b""  # nothing on stdout: the lines went to the file
+    proc.stdout.close()
+    [line] = (tmp_path / "audit.log").read_text().splitlines()
+    assert json.loads(line)["reason"] == "no_client_auth"

@@ -165,3 +165,19 @@ def test_check_refuses_a_memory_store_for_several_workers(tmp_path: Path) -> Non
     ok = subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(config)],
                         capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
     assert ok.returncode == 0
+
+
+async def test_every_workers_scrape_shows_the_sum_of_all_workers(workers: Workers) -> None:
+    sent = 12
+    statuses = await asyncio.gather(*(workers.post(workers.assertion()) for _ in range(sent)))
+    assert statuses == [200] * sent
+    wanted = ('pkjwt_client_auth_total{client="ci-pipeline",endpoint="/oauth2/token",'
+              'reason="ok",result="accepted"} ')
+    seen_values = set()
+    for _ in range(8):  # separate connections: the scrapes land on either worker
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            async with s.get(f"http://127.0.0.1:{workers.admin}/metrics") as response:
+                text = await response.text()
+        [line] = [line for line in text.splitlines() if line.startswith(wanted)]
+        seen_values.add(float(line.rsplit(" ", 1)[1]))
+    assert seen_values == {float(sent)}
