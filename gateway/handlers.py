@@ -154,6 +154,21 @@ async def _authenticate(
                       has_authorization="Authorization" in request.headers,
                       query_string=request.query_string)
     started = time.perf_counter()
+    try:  # refused tokens cost CPU too: every attempt is timed
+        client, verified, now = await _identify_and_verify(runtime, form, path, record)
+    finally:
+        request.app[METRICS].verification_seconds.observe(time.perf_counter() - started)
+    policy = client.policies[path]
+    record.key_thumbprint = verified.key_thumbprint
+    record.jti_hash = jti_digest(client.client_id, verified.jti)
+    await _check_replay(request, verified, policy.clock_skew, now)
+    return form, client
+
+
+async def _identify_and_verify(
+    runtime: Runtime, form: TokenForm, path: str, record: AuditRecord
+) -> tuple[ClientRuntime, VerifiedAssertion, float]:
+    """Parse the assertion, find its client (client_id, else sub), verify; returns the clock."""
     parsed = parse_assertion(form.assertion)
     record.kid, record.alg = untrusted(parsed.kid), untrusted(parsed.header.get("alg"))
     if form.client_id is not None and parsed.subject != form.client_id:
@@ -163,14 +178,8 @@ async def _authenticate(
     if client is None:
         raise InvalidClient("unknown_client", untrusted(claimed) or "")
     record.client = client.client_id
-    policy = client.policies[path]
     now = time.time()
-    verified = await _verify(client, parsed, policy, now)
-    request.app[METRICS].verification_seconds.observe(time.perf_counter() - started)
-    record.key_thumbprint = verified.key_thumbprint
-    record.jti_hash = jti_digest(client.client_id, verified.jti)
-    await _check_replay(request, verified, policy.clock_skew, now)
-    return form, client
+    return client, await _verify(client, parsed, client.policies[path], now), now
 
 
 async def _verify(
