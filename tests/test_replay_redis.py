@@ -9,16 +9,11 @@ Outside CI, a missing Redis skips with the reason; with CI=true it fails.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import re
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,26 +27,26 @@ from gateway.errors import TemporarilyUnavailable
 from gateway.replay import ReplayLedger
 from gateway.replay_redis import (
     KEY_PREFIX,
+    MAX_BATCH,
     RedisReplayLedger,
     TieredReplayLedger,
     build_redis_ledger,
     redis_key,
     ttl_ms,
 )
+from tests.support.redis_servers import (
+    SENTINEL_MASTER,
+    Server,
+    Servers,
+    cli,
+    unavailable,
+    wait_until,
+)
 from tests.test_replay import LedgerContract
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BUDGET = 0.25  # the ledger's per-check timeout in these tests
 SLACK = 0.5  # allowed on top of the budget on a noisy machine
-SENTINEL_MASTER = "gwmaster"
-
-
-def unavailable(reason: str) -> None:
-    """Skip outside CI (visibly); fail in CI, where Redis must be there."""
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 # --- the shared server ----------------------------------------------------------------------
@@ -102,119 +97,11 @@ class PrefixedLedger:
     def ready(self) -> bool:
         return self.inner.ready()
 
+    async def ping(self) -> bool:
+        return await self.inner.ping()
+
     async def close(self) -> None:
         await self.inner.close()
-
-
-# --- our own redis-server processes ---------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def cli(port: int, *args: str) -> str:
-    result = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
-                            text=True, timeout=10, check=True)
-    return result.stdout
-
-
-class Server:
-    """One redis-server on a loopback port; restartable on the same port."""
-
-    def __init__(self, port: int, args: list[str], workdir: Path) -> None:
-        self.port = port
-        self.args = args
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        log = (self.workdir / "server.log").open("ab")
-        with log:
-            self.proc = subprocess.Popen(["redis-server", *self.args], cwd=self.workdir,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not _answers_ping(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                tail = (self.workdir / "server.log").read_text(errors="replace")[-500:]
-                raise RuntimeError(f"redis-server on {self.port} did not start: {tail}")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL ends a SIGSTOPped server too
-            self.proc.wait(timeout=10)
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-
-class Servers:
-    """Starts servers in a temp dir and owns them: ``stop_all`` kills every one it started."""
-
-    def __init__(self, root: Path) -> None:
-        if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-            unavailable("redis-server and redis-cli are not on PATH")
-        self.root = root
-        self.started: list[Server] = []
-
-    def start(self, *extra: str, sentinel_of: int | None = None) -> Server:
-        """A plain server with ``extra`` arguments, or a sentinel watching ``sentinel_of``."""
-        for _ in range(3):  # a free port can be taken between probe and bind
-            port = _free_port()
-            workdir = self.root / str(port)
-            workdir.mkdir()
-            args: list[str] = []
-            if sentinel_of is not None:  # sentinel rewrites its config: a file of its own
-                (workdir / "sentinel.conf").write_text(
-                    f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {sentinel_of} 1\n"
-                    f"sentinel down-after-milliseconds {SENTINEL_MASTER} 5000\n")
-                args = ["sentinel.conf", "--sentinel"]
-            args += ["--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", str(workdir), *extra]
-            server = Server(port, args, workdir)
-            self.started.append(server)
-            try:
-                server.start()
-            except RuntimeError:
-                continue
-            return server
-        raise RuntimeError("could not start redis-server on a free port")
-
-    def stop_all(self) -> list[int]:
-        """Kill every server; returns the pids still alive afterwards (should be none)."""
-        for server in self.started:
-            server.kill()
-        return [s.proc.pid for s in self.started if s.proc is not None and s.proc.poll() is None]
-
-
-def wait_until(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -224,23 +111,11 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
     assert owned.stop_all() == [], "redis-server processes left behind"
 
 
-def cluster_ok(port: int) -> bool:
-    return "cluster_state:ok" in cli(port, "cluster", "info")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     owned = Servers(tmp_path_factory.mktemp("cluster"))
     try:
-        nodes = [owned.start("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                             "--cluster-node-timeout", "5000") for _ in range(3)]
-        subprocess.run(["redis-cli", "--cluster", "create",
-                        *(f"127.0.0.1:{node.port}" for node in nodes),
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       capture_output=True, timeout=30, check=True)
-        for node in nodes:
-            wait_until(functools.partial(cluster_ok, node.port), f"cluster_state:ok on {node.port}")
-        yield nodes
+        yield owned.start_cluster(3)
     finally:
         assert owned.stop_all() == [], "redis-server processes left behind"
 
@@ -629,6 +504,159 @@ async def test_a_hung_cluster_is_a_503_within_the_budget_and_recovers(
         assert await ledger.record(client_id, "after", 200.0, 100.0) is True
     finally:
         await ledger.close()
+
+
+# --- batching: concurrent checks share a pipeline ------------------------------------------
+
+
+class ConnectionCount:
+    """Counts pool checkouts: one per pipeline (or per lone command)."""
+
+    def __init__(self, ledger: ReplayLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+        assert isinstance(ledger, RedisReplayLedger) and isinstance(ledger.client, Redis)
+        pool = ledger.client.connection_pool
+        original = pool.get_connection
+        self.checkouts = 0
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            self.checkouts += 1
+            return await original(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+        monkeypatch.setattr(pool, "get_connection", counted)
+
+
+async def record_all(ledger: ReplayLedger, jtis: list[str]) -> list[bool | BaseException]:
+    return await asyncio.gather(*(ledger.record("c", jti, 200.0, 100.0) for jti in jtis),
+                                return_exceptions=True)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "unbatched"])
+async def test_concurrent_checks_travel_in_one_pipeline(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch, batch: bool
+) -> None:
+    server = servers.start()
+    ledger = build_redis_ledger(url=server.url, tiered=False, batch=batch)
+    count = ConnectionCount(ledger, monkeypatch)
+    jtis = [f"j{index}" for index in range(50)]
+    try:
+        assert await record_all(ledger, [*jtis, "j0"]) == [True] * 50 + [False]
+        assert await record_all(ledger, jtis) == [False] * 50
+    finally:
+        await ledger.close()
+    # Unbatched, every concurrent check takes a connection of its own.
+    assert count.checkouts == (2 if batch else 101)
+
+
+async def test_a_burst_larger_than_a_batch_goes_out_as_several_pipelines(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = servers.start()
+    ledger = build_redis_ledger(url=server.url, tiered=False)
+    count = ConnectionCount(ledger, monkeypatch)
+    try:
+        results = await record_all(ledger, [f"j{index}" for index in range(MAX_BATCH + 1)])
+        assert results == [True] * (MAX_BATCH + 1)
+    finally:
+        await ledger.close()
+    assert count.checkouts == 2
+
+
+async def test_an_error_reply_fails_only_its_own_check(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = servers.start()
+    ledger = build_redis_ledger(url=server.url, tiered=False, timeout=BUDGET)
+    count = ConnectionCount(ledger, monkeypatch)
+    try:
+        async with Redis.from_url(server.url) as direct:  # SET ... GET on a list: WRONGTYPE
+            await direct.rpush(redis_key("c", "wrongtype"), "x")
+        results = await record_all(ledger, ["a", "wrongtype", "b"])
+        assert results[0] is True and results[2] is True
+        assert isinstance(results[1], TemporarilyUnavailable)
+        assert results[1].reason == "replay_store_unavailable"
+        assert "WRONGTYPE" in results[1].detail
+        assert count.checkouts == 1  # the three were one pipeline
+    finally:
+        await ledger.close()
+
+
+async def test_a_batch_without_an_answer_fails_every_check_in_it_and_no_more(
+    servers: Servers
+) -> None:
+    server = servers.start()
+    ledger = build_redis_ledger(url=server.url, tiered=False, timeout=BUDGET)
+    jtis = [f"j{index}" for index in range(20)]
+    try:
+        assert await ledger.record("c", "before", 200.0, 100.0) is True
+        server.kill()
+        started = time.monotonic()
+        results = await record_all(ledger, jtis)
+        assert time.monotonic() - started < BUDGET + SLACK
+        assert all(isinstance(result, TemporarilyUnavailable) for result in results), results
+        assert ledger.ready() is False
+        server.start()  # empty: the failed batch never reached Redis
+        assert await record_all(ledger, jtis) == [True] * 20
+        assert ledger.ready() is True
+    finally:
+        await ledger.close()
+
+
+async def test_a_frozen_redis_fails_a_whole_batch_within_the_budget(servers: Servers) -> None:
+    server = servers.start()
+    ledger = build_redis_ledger(url=server.url, tiered=False, timeout=BUDGET)
+    try:
+        assert await ledger.record("c", "before", 200.0, 100.0) is True
+        server.pause()
+        try:
+            for attempt in range(2):  # the pipeline in flight, then one on a new connection
+                started = time.monotonic()
+                results = await record_all(ledger, [f"hung{attempt}-{i}" for i in range(30)])
+                assert time.monotonic() - started < BUDGET + SLACK
+                assert all(isinstance(r, TemporarilyUnavailable) for r in results), results
+        finally:
+            server.resume()
+        assert await ledger.ping() is True
+        assert await record_all(ledger, ["after-1", "after-2"]) == [True, True]
+    finally:
+        await ledger.close()
+
+
+async def test_closing_settles_checks_in_flight(servers: Servers) -> None:
+    server = servers.start()
+    ledger = build_redis_ledger(url=server.url, tiered=False, timeout=2.0)
+    assert await ledger.record("c", "before", 200.0, 100.0) is True
+    server.pause()
+    try:
+        pending = asyncio.ensure_future(record_all(ledger, ["x", "y"]))
+        await asyncio.sleep(0.05)  # the pipeline is out, waiting on the frozen server
+        started = time.monotonic()
+        await ledger.close()
+        results = await asyncio.wait_for(pending, 1.0)
+        assert time.monotonic() - started < 1.0
+        assert all(isinstance(r, TemporarilyUnavailable) for r in results), results
+    finally:
+        server.resume()
+
+
+@pytest.mark.slow
+async def test_a_cluster_batch_spanning_every_node_is_answered_per_key(
+    cluster: list[Server],
+) -> None:
+    ledger = build_redis_ledger(cluster_nodes=[("127.0.0.1", n.port) for n in cluster],
+                                tiered=False, timeout=BUDGET)
+    prefix = f"batch-{secrets.token_hex(4)}-"
+    clients = [f"{prefix}{index}" for index in range(60)]  # tags in many slots
+    try:
+        first = await asyncio.gather(*(ledger.record(c, "j", 200.0, 100.0) for c in clients))
+        again = await asyncio.gather(*(ledger.record(c, "j", 200.0, 100.0) for c in clients))
+        assert (first, again) == ([True] * 60, [False] * 60)
+    finally:
+        await ledger.close()
+    per_node = []
+    for node in cluster:  # KEYS on a cluster node lists that node's keys only
+        with redis.Redis(port=node.port, socket_timeout=2) as direct:
+            per_node.append(len(direct.keys(f"{KEY_PREFIX}{{{prefix}*")))
+    assert sum(per_node) == 60 and all(per_node), per_node
 
 
 # --- Sentinel: writes go to the master ------------------------------------------------------
