@@ -1,4 +1,4 @@
-"""Benchmark entry point: the gateway vs. a bare aiohttp proxy, each alone on one core."""
+"""Benchmark entry point: the gateway, per replay store, vs. a bare proxy; each alone on a core."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from types import FrameType
 
 from load import LoadResult, find_wrk, run_wrk
 from procs import Children, free_port, wait_for_port
-from report import AlgResult, render, write_summary
+from report import AlgResult, ReplayLatency, render, write_summary
+from scrape import Buckets, fetch_histograms
 from tokens import SUPPORTED_ALGS, SigningKey, TokenPool, generate_key
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -31,6 +32,7 @@ LIFETIME = 280  # below the default max_lifetime of 300 s
 POOL_MARGIN = 1.5  # bodies minted per expected request
 STARTUP_TIMEOUT = 20.0
 DEFAULT_GATEWAY_CMD = "{python} -m gateway serve --config {config}"
+STORES = ("memory", "redis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +44,21 @@ class Bench:
     backend_pid: int
     secret: str
     mint_cpus: frozenset[int]
+    redis_url: str | None  # the harness's own redis-server, or --redis-url
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def write_config(bench: Bench, keys: list[SigningKey], port: int, admin_port: int) -> Path:
+def write_config(
+    bench: Bench, keys: list[SigningKey], port: int, admin_port: int, store: str
+) -> Path:
     """The gateway's YAML for one start (DESIGN §4 keys); the secret comes from the env."""
-    args = bench.args
-    replay = {"store": args.store}
-    if args.store == "redis":
-        replay["redis_url"] = args.redis_url
+    replay = {"store": store}
+    if store == "redis":
+        assert bench.redis_url is not None
+        replay["redis_url"] = bench.redis_url
     jwks = json.dumps({"keys": [key.public_jwk for key in keys]})
     path = bench.tmp / f"gateway-{port}.yaml"
     path.write_text(
@@ -71,12 +76,14 @@ def write_config(bench: Bench, keys: list[SigningKey], port: int, admin_port: in
     return path
 
 
-def proxy_argv(bench: Bench, slot: str, key: SigningKey, port: int) -> list[str]:
+def proxy_argv(
+    bench: Bench, slot: str, store: str, key: SigningKey, port: int, admin_port: int
+) -> list[str]:
     backend = f"http://127.0.0.1:{bench.backend_port}"
     if slot == "bare":
         script = str(BENCH_DIR / "bare_proxy.py")
         return [sys.executable, script, "--port", str(port), "--backend", backend]
-    config = write_config(bench, [key], port, free_port())
+    config = write_config(bench, [key], port, admin_port, store)
     command = bench.args.gateway_cmd.format(
         python=sys.executable, config=config, port=port, backend=backend, bench=BENCH_DIR
     )
@@ -101,17 +108,40 @@ def forwarding_problems(slot: str, result: LoadResult, seen: dict[str, int]) -> 
     return found
 
 
+def replay_histograms(admin_port: int) -> tuple[dict[str, Buckets], str | None]:
+    """The gateway's replay-check histograms now, or the reason they could not be read."""
+    try:
+        return fetch_histograms(f"http://127.0.0.1:{admin_port}/metrics"), None
+    except (OSError, ValueError) as exc:
+        return {}, f"metrics not scraped: {exc}"
+
+
+def replay_latency(
+    before: dict[str, Buckets], after: dict[str, Buckets]
+) -> ReplayLatency | None:
+    """p50/p99 of the checks made between two scrapes (the store label seen most)."""
+    runs = {label: buckets.minus(before.get(label, Buckets({})))
+            for label, buckets in after.items()}
+    if not runs:
+        return None
+    label, run = max(runs.items(), key=lambda item: item[1].total)
+    p50, p99 = run.quantile(0.5), run.quantile(0.99)
+    return ReplayLatency(label, round(run.total), None if p50 is None else p50 * 1e3,
+                         None if p99 is None else p99 * 1e3)
+
+
 def measure(
-    bench: Bench, slot: str, key: SigningKey, pools: tuple[TokenPool, TokenPool]
-) -> tuple[LoadResult, list[str]]:
+    bench: Bench, slot: str, store: str, key: SigningKey, pools: tuple[TokenPool, TokenPool]
+) -> tuple[LoadResult, ReplayLatency | None, list[str]]:
     """Start one proxy on the proxy core, warm it up, measure it, stop it.
 
     Raises RuntimeError when the proxy does not start or wrk fails.
     """
     args = bench.args
-    port = free_port()
-    stderr_log = bench.tmp / f"{slot}-{key.alg}.log"
-    argv = proxy_argv(bench, slot, key, port)
+    port, admin_port = free_port(), free_port()
+    name = slot if slot == "bare" else f"{slot}-{store}"
+    stderr_log = bench.tmp / f"{name}-{key.alg}.log"
+    argv = proxy_argv(bench, slot, store, key, port, admin_port)
     env = {"BENCH_CLIENT_SECRET": bench.secret}
     proc = bench.children.start(argv, cpus={args.proxy_core}, log=stderr_log, env=env, cwd=REPO_DIR)
     may_wrap = slot == "bare"  # the bare proxy does not care about jti reuse
@@ -125,6 +155,7 @@ def measure(
         watch={"proxy": proc.pid, "backend": bench.backend_pid},
     )
     problems = []
+    latency = None
     try:
         wait_for_port(port, proc, STARTUP_TIMEOUT, stderr_log)
         if args.warmup > 0:
@@ -135,15 +166,22 @@ def measure(
         if pools[1].seconds_left() < args.duration + 10:
             raise RuntimeError("assertions would expire during the run; lower --duration")
         backend_counts(bench, reset=True)
+        if slot == "gateway":
+            before, _ = replay_histograms(admin_port)
         result = load(bodies=pools[1].path, duration=args.duration)
         problems += result.problems(may_wrap=may_wrap)
+        if slot == "gateway":
+            after, failure = replay_histograms(admin_port)
+            latency = replay_latency(before, after)
+            if failure is not None or latency is None:
+                problems.append(failure or "no replay-check histogram in /metrics")
         if slot == "bare" or args.gateway_cmd == DEFAULT_GATEWAY_CMD:
             problems += forwarding_problems(slot, result, backend_counts(bench))
         if proc.poll() is not None:
             problems.append(f"exited with {proc.returncode} during the run (see {stderr_log})")
     finally:
         bench.children.stop(proc)
-    return result, [f"{slot}: {text}" for text in problems]
+    return result, latency, [f"{name}: {text}" for text in problems]
 
 
 def top_up(bench: Bench, pool: TokenPool, rate: float, seconds: float) -> None:
@@ -158,7 +196,11 @@ def top_up(bench: Bench, pool: TokenPool, rate: float, seconds: float) -> None:
 
 
 def bench_alg(bench: Bench, alg: str) -> AlgResult:
-    """Bare proxy then gateway for one signing algorithm, over the same kind of bodies."""
+    """Bare proxy then the gateway on each replay store, over the same bodies.
+
+    Every store sees each jti once: the memory ledger dies with its process, and only one
+    run per alg writes to Redis (jtis are random, so runs of the harness never collide).
+    """
     key = generate_key(alg)
     pools = (
         TokenPool(bench.tmp / f"{alg}-warmup.bodies", key, CLIENT_ID, ISSUER, LIFETIME),
@@ -167,18 +209,24 @@ def bench_alg(bench: Bench, alg: str) -> AlgResult:
     result = AlgResult(alg)
     top_up(bench, pools[0], bench.args.expected_rate, bench.args.warmup)
     top_up(bench, pools[1], bench.args.expected_rate, bench.args.duration)
-    for slot in ("bare", "gateway"):
-        log(f"{alg} {slot}: warm-up {bench.args.warmup:g}s, measuring {bench.args.duration:g}s")
+    for slot, store in [("bare", ""), *(("gateway", store) for store in bench.args.stores)]:
+        name = slot if slot == "bare" else f"{slot}/{store}"
+        log(f"{alg} {name}: warm-up {bench.args.warmup:g}s, measuring {bench.args.duration:g}s")
         try:
-            run, problems = measure(bench, slot, key, pools)
+            run, latency, problems = measure(bench, slot, store, key, pools)
         except RuntimeError as exc:
-            result.problems.append(f"{slot}: {exc}")
+            result.problems.append(f"{name}: {exc}")
             log(f"  failed: {exc}")
             continue
-        setattr(result, slot, run)
+        if slot == "bare":
+            result.bare = run
+        else:
+            result.gateways[store] = run
+        if latency is not None:
+            result.replay[store] = latency
         result.problems += problems
         notes = run.notes(proxy_core=bench.args.proxy_core, load_core=bench.args.load_core)
-        result.notes += [f"{slot}: {note}" for note in notes]
+        result.notes += [f"{name}: {note}" for note in notes]
         log(f"  {run.rps:.0f} req/s, p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms")
         if slot == "bare":
             # The gateway is not expected to outrun the bare proxy during its warm-up.
@@ -193,8 +241,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--store", choices=("memory", "redis"), default="memory")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--store", default="memory",
+        help="comma-separated replay stores to measure the gateway on: memory,redis",
+    )
+    parser.add_argument(
+        "--redis-url", default=None,
+        help="use this Redis instead of a redis-server of the harness's own (on the load core)",
+    )
     parser.add_argument(
         "--expected-rate", type=float, default=4000.0, help="req/s used to size the first body pool"
     )
@@ -212,12 +266,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.algs = [alg.strip().upper() for alg in args.alg.split(",") if alg.strip()]
     if not args.algs or set(args.algs) - set(SUPPORTED_ALGS):
         parser.error(f"--alg takes a comma-separated subset of {','.join(SUPPORTED_ALGS)}")
+    # One Redis run per alg: a second one would meet the first one's jtis as replays.
+    args.stores = list(dict.fromkeys(s.strip().lower() for s in args.store.split(",") if s.strip()))
+    if not args.stores or set(args.stores) - set(STORES):
+        parser.error(f"--store takes a comma-separated subset of {','.join(STORES)}")
     if args.duration <= 0 or args.warmup + args.duration + STARTUP_TIMEOUT + 30 > LIFETIME:
         parser.error(f"warm-up + duration must stay well under the {LIFETIME}s assertion life")
     cores = os.sched_getaffinity(0)
     if not {args.proxy_core, args.load_core} <= cores or args.proxy_core == args.load_core:
         parser.error(f"--proxy-core and --load-core must be two different cores of {cores}")
     return args
+
+
+def start_redis(children: Children, tmp: Path, core: int) -> str:
+    """A throw-away redis-server on a free loopback port, pinned to ``core``; its URL.
+
+    No persistence (``--save ""``, no AOF): the benchmark measures the gateway, not disks.
+    Raises RuntimeError when redis-server is missing or does not start.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found on PATH (apt-get install redis-server), "
+                           "or pass --redis-url")
+    port = free_port()
+    log_path = tmp / "redis.log"
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(tmp), "--logfile", str(log_path),
+            "--maxmemory-policy", "noeviction"]
+    proc = children.start(argv, cpus={core}, log=log_path)
+    wait_for_port(port, proc, STARTUP_TIMEOUT, log_path)
+    return f"redis://127.0.0.1:{port}/0"
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -240,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             backend = children.start(backend_argv, cpus={args.load_core}, log=tmp / "backend.log")
             wait_for_port(port, backend, STARTUP_TIMEOUT, tmp / "backend.log")
             secret = secrets.token_urlsafe(24)
-            bench = Bench(args, tmp, children, port, backend.pid, secret, mint_cpus)
+            redis_url = args.redis_url
+            if "redis" in args.stores and redis_url is None:
+                redis_url = start_redis(children, tmp, args.load_core)
+                log(f"redis-server at {redis_url} on core {args.load_core}")
+            bench = Bench(args, tmp, children, port, backend.pid, secret, mint_cpus, redis_url)
             for alg in args.algs:
                 results.append(bench_alg(bench, alg))
     finally:
@@ -249,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     print(render(results, proxy_core=args.proxy_core, load_core=args.load_core))
-    options = {k: v for k, v in vars(args).items() if k not in ("algs", "out")}
+    options = {k: v for k, v in vars(args).items() if k not in ("algs", "stores", "out")}
     print(f"summary: {write_summary(args.out, results, options)}")
     if any(result.verdict == "FAIL" for result in results):
         return 2
