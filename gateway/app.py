@@ -35,6 +35,7 @@ from .runtime import (
     close_sources,
     start_sources,
 )
+from .tls import load_certificate, new_server_context
 from .upstream import new_upstream
 
 log = logging.getLogger("gateway")
@@ -95,6 +96,9 @@ class Gateway:
         self.config_path = config_path
         self.supervised = supervised  # a worker of `serve --workers N`
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests finish
+        # One context for the listener's life; a reload loads new files into it.
+        tls = settings.listen.tls
+        self.tls_context = new_server_context(tls) if tls is not None else None
         self._reload_lock = asyncio.Lock()
         self._jwks: tuple[JwksFetchSettings, aiohttp.ClientSession] | None = None
         self.public = self._public_app(settings, audit_stream)
@@ -190,6 +194,8 @@ class Gateway:
                         raise ConfigError([("", "no configuration file to reload")])
                     settings = await asyncio.to_thread(load_settings, self.config_path)
                 before = self.slot.current.settings
+                if self.tls_context is not None and settings.listen.tls is not None:
+                    load_certificate(self.tls_context, settings.listen.tls)
                 await self._install(settings)
             except ConfigError:
                 self.metrics.config_reloads.labels("refused").inc()

@@ -19,6 +19,7 @@ from .inventory import collect_inventory, render_inventory
 from .mint import generate_key, load_private_key, mint_assertion
 from .runtime import build_runtime
 from .serve import memory_store_problem, serve
+from .tls import new_server_context
 
 EXIT_OK, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2
 KEYGEN_ALGORITHMS = ("ES256", "PS256", "RS256", "EdDSA", "Ed25519")
@@ -99,6 +100,8 @@ def check(path: Path, *, strict: bool, workers: int = 1) -> int:
         settings = load_settings(path)
         build_runtime(settings)
         build_ledger(settings)
+        if settings.listen.tls is not None:
+            new_server_context(settings.listen.tls)
         problems = memory_store_problem(settings, workers)
         if problems:
             raise ConfigError(problems)

@@ -71,11 +71,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
+class TlsSettings(_Frozen):
+    cert_file: StrictStr  # PEM chain, leaf first; resolved against the config file's directory
+    key_file: StrictStr
+
+
 class ListenSettings(_Frozen):
     host: Host = "0.0.0.0"
     port: Port = 8080
     # On SIGTERM: stop accepting, then give requests in flight this long to finish.
     shutdown_grace: Duration = duration_field("15s", gt=0)
+    tls: TlsSettings | None = None  # serve https directly
 
 
 class AdminSettings(_Frozen):

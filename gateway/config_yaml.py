@@ -203,6 +203,9 @@ def resolve_file_paths(data: dict[str, Any], base_dir: Path) -> None:
         owners.append((data["jwks_fetch"], "ca_file"))
     if isinstance(data.get("replay"), dict):
         owners.append((data["replay"], "redis_password_file"))
+    listen = data.get("listen")
+    if isinstance(listen, dict) and isinstance(listen.get("tls"), dict):
+        owners += [(listen["tls"], "cert_file"), (listen["tls"], "key_file")]
     audit = data.get("audit")
     if isinstance(audit, dict) and audit.get("output") not in (None, "stdout", "off"):
         owners.append((audit, "output"))

@@ -101,7 +101,7 @@ async def _serve(gateway: Gateway, settings: Settings, *, reuse_port: bool) -> i
             await runner.setup()
         # Workers share each port through SO_REUSEPORT: the kernel spreads connections.
         await web.TCPSite(public, settings.listen.host, settings.listen.port,
-                          reuse_port=reuse_port or None).start()
+                          ssl_context=gateway.tls_context, reuse_port=reuse_port or None).start()
         await web.TCPSite(admin, settings.admin.host, settings.admin.port,
                           reuse_port=reuse_port or None).start()
         log.info("listening on %s:%d (admin %s:%d)", settings.listen.host, settings.listen.port,
