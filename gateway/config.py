@@ -196,6 +196,8 @@ class ClientSettings(_Frozen):
     audience: Audience | None = None
     require_typ: bool | None = None
     enabled: bool = True
+    # Accept the byte-identical assertion again until it expires (MSAL re-sends one).
+    allow_assertion_reuse: bool = False
     _jwks_keys: tuple[dict[str, Any], ...] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -367,6 +369,12 @@ def lint_settings(settings: Settings) -> list[tuple[str, str]]:
     scopes += [(join_path("clients", cid), client) for cid, client in settings.clients.items()]
     for prefix, scope in scopes:
         warnings += _lint_policy(prefix, scope)
+    for client_id, client in settings.clients.items():
+        if client.allow_assertion_reuse:
+            warnings.append((join_path(join_path("clients", client_id), "allow_assertion_reuse"),
+                             "a captured assertion of this client can be replayed until it "
+                             "expires; keep its max_lifetime short and turn reuse off once "
+                             "the client sends a fresh assertion per request"))
     for key in ("issuer", "public_url"):
         if _plain_http_remote(getattr(settings, key)):
             warnings.append((key, "clients would send assertions over plain http to a "

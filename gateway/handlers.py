@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -161,7 +162,9 @@ async def _authenticate(
     policy = client.policies[path]
     record.key_thumbprint = verified.key_thumbprint
     record.jti_hash = jti_digest(client.client_id, verified.jti)
-    await _check_replay(request, verified, policy.clock_skew, now)
+    fingerprint = (hashlib.sha256(form.assertion.encode("ascii", "replace")).hexdigest()
+                   if client.allow_reuse else None)
+    await _check_replay(request, verified, policy.clock_skew, now, fingerprint)
     return form, client
 
 
@@ -202,13 +205,14 @@ async def _verify(
 
 
 async def _check_replay(
-    request: web.Request, verified: VerifiedAssertion, clock_skew: float, now: float
+    request: web.Request, verified: VerifiedAssertion, clock_skew: float, now: float,
+    fingerprint: str | None,
 ) -> None:
     ledger, metrics = request.app[LEDGER], request.app[METRICS]
     started = time.perf_counter()
     try:
         fresh = await ledger.record(verified.client_id, verified.jti,
-                                    verified.exp + clock_skew, now)
+                                    verified.exp + clock_skew, now, fingerprint=fingerprint)
     except GatewayError:
         metrics.count_replay_check(ledger.name, "error", time.perf_counter() - started)
         raise

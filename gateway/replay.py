@@ -23,10 +23,13 @@ class ReplayLedger(Protocol):
 
     name: str
 
-    async def record(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
+    async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
+                     fingerprint: str | None = None) -> bool:
         """Remember (client_id, jti) until ``expires_at``.
 
         Returns True when the pair was fresh, False when it was already recorded (a replay).
+        With ``fingerprint`` (a digest of the whole assertion, for clients allowed to re-send
+        one), a pair recorded with the same fingerprint is accepted again.
         Raises TemporarilyUnavailable when the ledger cannot answer: callers fail closed.
         """
         ...
@@ -58,22 +61,27 @@ class MemoryReplayLedger:
         self._max_entries = max_entries
         self._expiry: dict[bytes, float] = {}
         self._heap: list[tuple[float, bytes]] = []
+        self._fingerprints: dict[bytes, str] = {}  # only for entries recorded with one
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    async def record(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
-        return self.record_now(ledger_key(client_id, jti), expires_at, now)
+    async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
+                     fingerprint: str | None = None) -> bool:
+        return self.record_now(ledger_key(client_id, jti), expires_at, now, fingerprint)
 
-    def record_now(self, key: bytes, expires_at: float, now: float) -> bool:
+    def record_now(self, key: bytes, expires_at: float, now: float,
+                   fingerprint: str | None = None) -> bool:
         """The synchronous core of ``record``, over an already derived key."""
         self._purge(now)
         known = self._expiry.get(key)
         if known is not None and known > now:
-            return False
+            return fingerprint is not None and self._fingerprints.get(key) == fingerprint
         if len(self._expiry) >= self._max_entries:
             raise TemporarilyUnavailable("replay_store_full", f"{self._max_entries} live entries")
         self._expiry[key] = expires_at
+        if fingerprint is not None:
+            self._fingerprints[key] = fingerprint
         heapq.heappush(self._heap, (expires_at, key))
         return True
 
@@ -83,6 +91,7 @@ class MemoryReplayLedger:
             expires_at, key = heapq.heappop(heap)
             if self._expiry.get(key) == expires_at:
                 del self._expiry[key]
+                self._fingerprints.pop(key, None)
 
     def ready(self) -> bool:
         return True
@@ -91,5 +100,6 @@ class MemoryReplayLedger:
         return True
 
     async def close(self) -> None:
+        self._fingerprints.clear()
         self._expiry.clear()
         self._heap.clear()

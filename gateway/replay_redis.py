@@ -116,11 +116,16 @@ class RedisReplayLedger:
         # honest answer before serving.
         self._healthy = True
 
-    async def record(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
+    async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
+                     fingerprint: str | None = None) -> bool:
         """True when fresh, False for a replay; raises TemporarilyUnavailable on any store
-        problem (refused, timeout, pool exhausted, cluster error, Redis < 7)."""
-        return await self.claim(redis_key(client_id, jti), secrets.token_hex(8),
-                                ttl_ms(expires_at, now))
+        problem (refused, timeout, pool exhausted, cluster error, Redis < 7).
+
+        With ``fingerprint`` the stored value is the assertion's digest instead of a random
+        token, so the same assertion finds its own value and is accepted again.
+        """
+        token = fingerprint if fingerprint is not None else secrets.token_hex(8)
+        return await self.claim(redis_key(client_id, jti), token, ttl_ms(expires_at, now))
 
     async def claim(self, key: str, token: str, ttl: int) -> bool:
         """Set ``key`` to ``token`` unless present; True when absent or already ours.
@@ -291,9 +296,14 @@ class TieredReplayLedger:
         self.redis = redis
         self.local = _RecentJtis(local_max_entries)
 
-    async def record(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
+    async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
+                     fingerprint: str | None = None) -> bool:
         """True when fresh, False for a replay; raises TemporarilyUnavailable when Redis
         cannot answer (and then remembers nothing)."""
+        if fingerprint is not None:
+            # A re-sent assertion may be legitimate: only Redis, holding its digest, can tell.
+            return await self.redis.record(client_id, jti, expires_at, now,
+                                           fingerprint=fingerprint)
         key = ledger_key(client_id, jti)
         if self.local.seen(key, now):
             return False

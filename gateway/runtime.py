@@ -27,6 +27,7 @@ class ClientRuntime:
     keys: KeySource
     policies: Mapping[str, AssertionPolicy]
     credential: BackendCredential
+    allow_reuse: bool = False  # the byte-identical assertion may be sent again
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,7 @@ def build_runtime(
             keys=keys,
             policies=_policies(settings, client_id),
             credential=BackendCredential(client_id, auth.method, auth.secret_value()),
+            allow_reuse=client.allow_assertion_reuse,
         )
     if problems:
         raise ConfigError(problems)

@@ -134,6 +134,22 @@ async def test_replayed_assertion_is_refused(gw: Running, backend: Backend) -> N
     assert gw.metric("pkjwt_replay_checks_total", store="memory", result="replayed") == 1
 
 
+async def test_a_reuse_client_may_resend_the_identical_assertion_only(
+    start_gateway: GatewayFactory, backend: Backend
+) -> None:
+    gw = await start_gateway(client="allow_assertion_reuse: true")
+    jti = "resent-by-msal"
+    assertion = token(gw.signer, jti=jti)
+    assert (await gw.post(gw.form(assertion)))[0] == 200
+    assert (await gw.post(gw.form(assertion)))[0] == 200
+    # Another assertion carrying the same jti is a replay all the same.
+    await_refused = token(gw.signer, jti=jti, iat=int(time.time()) - 1)
+    status, _, body = await gw.post(gw.form(await_refused))
+    assert (status, body["error"]) == (401, "invalid_client")
+    assert gw.audit_lines()[-1]["reason"] == "replayed"
+    assert len(backend.seen) == 2
+
+
 async def test_bad_signature_does_not_burn_the_jti(gw: Running, backend: Backend) -> None:
     jti = "reusable-after-failure"
     impostor = make_signer("ES256", kid=gw.signer.kid, slot=1)  # same kid, another key

@@ -49,8 +49,8 @@ STARTUP_SECONDS = 20.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
-def replay_yaml(topology: str) -> str:
-    return f"\nreplay: {{store: redis, {topology}, timeout: 250ms}}\n"
+def replay_yaml(topology: str, timeout: str = "250ms") -> str:
+    return f"\nreplay: {{store: redis, {topology}, timeout: {timeout}}}\n"
 
 
 def assertion(signer: Signer, *, jti: str | None = None,
@@ -250,7 +250,9 @@ async def two_gateways(
         config.write_text(gateway_yaml(
             backend.url, {"keys": [signer.public_jwk]},
             extra=(f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
-                   f"admin: {{host: 127.0.0.1, port: {admin}}}\n" + replay_yaml(topology))))
+                   # The race checks what is decided, not how fast: room for a loaded machine.
+                   f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
+                   + replay_yaml(topology, timeout="2s"))))
         processes.append(GatewayProcess(config, port, admin, tmp_path / f"gateway-{index}.log"))
     try:
         for process in processes:

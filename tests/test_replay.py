@@ -33,6 +33,17 @@ class LedgerContract:
             *(ledger.record("c", "race", expires_at=200.0, now=100.0) for _ in range(50)))
         assert results.count(True) == 1
 
+    async def test_the_same_fingerprint_is_accepted_again_and_no_other(
+        self, ledger: ReplayLedger
+    ) -> None:
+        assert await ledger.record("c", "reused", 200.0, 100.0, fingerprint="f" * 64) is True
+        assert await ledger.record("c", "reused", 200.0, 110.0, fingerprint="f" * 64) is True
+        # The same jti in another assertion, or without reuse, is still a replay.
+        assert await ledger.record("c", "reused", 200.0, 120.0, fingerprint="e" * 64) is False
+        assert await ledger.record("c", "reused", 200.0, 130.0) is False
+        assert await ledger.record("c", "plain", 200.0, 100.0) is True
+        assert await ledger.record("c", "plain", 200.0, 110.0, fingerprint="f" * 64) is False
+
     async def test_a_fresh_ledger_is_ready(self, ledger: ReplayLedger) -> None:
         assert await ledger.record("c", "ready", expires_at=200.0, now=100.0) is True
         assert ledger.ready() is True
