@@ -55,6 +55,8 @@ class GatewayMetrics:
             registry=r, multiprocess_mode="max")
         self.config_reloads = Counter(
             "pkjwt_config_reloads_total", "Configuration reloads.", ("result",), registry=r)
+        for result in ("ok", "refused"):  # present at 0, so increase() sees the first one
+            self.config_reloads.labels(result)
         self.in_flight = Gauge(
             "pkjwt_in_flight_requests", "Requests being handled.", registry=r,
             multiprocess_mode="livesum")
