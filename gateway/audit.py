@@ -35,6 +35,7 @@ class AuditRecord:
     result: str
     reason: str
     client: str | None = None
+    method: str | None = None  # private_key_jwt, or a shared-secret method in migration mode
     kid: str | None = None
     key_thumbprint: str | None = None
     jti_hash: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -185,6 +186,14 @@ class BackendAuthSettings(_Frozen):
         return None if self._file_secret is None else self._file_secret.get_secret_value()
 
 
+class LegacyAuthSettings(_Frozen):
+    # Shared-secret methods this client may still use; its requests go to the backend as
+    # they came, and the backend checks the secret.
+    allow: Annotated[tuple[Literal["client_secret_basic", "client_secret_post"], ...],
+                     Field(strict=False, min_length=1)]
+    until: date | None = None  # last day allowed (UTC); from the next day it is refused
+
+
 class ClientSettings(_Frozen):
     jwks: dict[str, Any] | None = None
     jwks_file: StrictStr | None = None
@@ -198,6 +207,7 @@ class ClientSettings(_Frozen):
     enabled: bool = True
     # Accept the byte-identical assertion again until it expires (MSAL re-sends one).
     allow_assertion_reuse: bool = False
+    legacy_auth: LegacyAuthSettings | None = None
     _jwks_keys: tuple[dict[str, Any], ...] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -369,7 +379,16 @@ def lint_settings(settings: Settings) -> list[tuple[str, str]]:
     scopes += [(join_path("clients", cid), client) for cid, client in settings.clients.items()]
     for prefix, scope in scopes:
         warnings += _lint_policy(prefix, scope)
+    today = datetime.now(UTC).date()
     for client_id, client in settings.clients.items():
+        legacy = client.legacy_auth
+        where = join_path(join_path("clients", client_id), "legacy_auth")
+        if legacy is not None and legacy.until is None:
+            warnings.append((where, "shared secrets stay accepted with no end date; set until "
+                             "to the date this client must have moved to private_key_jwt"))
+        elif legacy is not None and legacy.until is not None and legacy.until < today:
+            warnings.append((where, f"until {legacy.until} has passed, so secrets are refused "
+                             "already; remove legacy_auth (or extend it deliberately)"))
         if client.allow_assertion_reuse:
             warnings.append((join_path(join_path("clients", client_id), "allow_assertion_reuse"),
                              "a captured assertion of this client can be replayed until it "

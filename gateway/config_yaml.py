@@ -19,7 +19,8 @@ MAX_REFERENCED_FILE_BYTES = 1024 * 1024
 
 _STANDARD_TAG_PREFIX = "tag:yaml.org,2002:"
 _ALLOWED_SCALAR_TAGS = frozenset(
-    _STANDARD_TAG_PREFIX + name for name in ("str", "int", "float", "bool", "null")
+    # timestamp: a date such as legacy_auth.until (2027-06-30).
+    _STANDARD_TAG_PREFIX + name for name in ("str", "int", "float", "bool", "null", "timestamp")
 )
 _MERGE_TAG = _STANDARD_TAG_PREFIX + "merge"
 _MAP_TAG = _STANDARD_TAG_PREFIX + "map"

@@ -1,13 +1,9 @@
-"""HTTP handlers: authenticated endpoints, passthrough, and the one error renderer."""
+"""HTTP handlers: the authenticated endpoints and passthrough routes."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import logging
-import re
-import secrets
 import time
 
 from aiohttp import web
@@ -30,14 +26,15 @@ from .errors import (
     ServerError,
     TemporarilyUnavailable,
 )
+from .exchange import error_response, read_body, request_id_of
 from .form import DEFAULT_MAX_BODY_BYTES, TokenForm, parse_form
+from .legacy import identify_secret_client
 from .metrics import UNKNOWN_CLIENT, status_class
 from .runtime import ClientRuntime, Runtime
 from .upstream import forwarded_request_headers, skipped_request_headers
 
 log = logging.getLogger("gateway")
 
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Passthrough paths (discovery documents and the like) may carry larger bodies than a token form.
 MAX_PASSTHROUGH_BODY = 1024 * 1024
 # The endpoint body is rebuilt and re-authenticated: the client's own framing and credential go.
@@ -45,48 +42,6 @@ _ENDPOINT_SKIP = skipped_request_headers(
     ("Authorization", "Content-Type", "Content-Encoding", "X-Request-Id"))
 _PASSTHROUGH_SKIP = skipped_request_headers(("X-Request-Id",))
 _KEY_MISS = frozenset({"no_matching_key", "bad_signature"})
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def request_id_of(request: web.Request) -> str:
-    """The caller's X-Request-Id when it is sane, else a new one."""
-    given = request.headers.get("X-Request-Id")
-    if given is not None and REQUEST_ID_PATTERN.fullmatch(given):
-        return given
-    return secrets.token_hex(12)
-
-
-def error_response(error: GatewayError, *, request_id: str, basic_challenge: bool) -> web.Response:
-    """The only place an error becomes a response: fixed public text, never the private reason."""
-    headers = {**_NO_STORE, "X-Request-Id": request_id}
-    if isinstance(error, InvalidClient) and basic_challenge:
-        headers["WWW-Authenticate"] = 'Basic realm="pkjwt-gateway", charset="UTF-8"'
-    if isinstance(error, MethodNotAllowed):
-        headers["Allow"] = "POST"
-    body = json.dumps({"error": error.code, "error_description": error.description})
-    return web.Response(status=error.status, body=body.encode(), headers=headers,
-                        content_type="application/json")
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    length = request.content_length
-    if length is not None and length > limit:
-        raise InvalidRequest("body_too_large", f"content-length {length}")
-    if length is not None:
-        # The parser delivers exactly Content-Length bytes: one read, no limit loop.
-        try:
-            return await request.content.readexactly(length) if length else b""
-        except asyncio.IncompleteReadError as exc:
-            raise InvalidRequest("incomplete_body", "the client stopped sending") from exc
-    body = await request.content.read(limit + 1)
-    while len(body) <= limit and not request.content.at_eof():
-        chunk = await request.content.read(limit + 1 - len(body))
-        if not chunk:
-            break
-        body += chunk
-    if len(body) > limit:
-        raise InvalidRequest("body_too_large", "body exceeds the limit")
-    return body
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -119,10 +74,19 @@ async def handle_endpoint(
     """Authenticate, record the jti, rewrite and forward; audit and count every outcome."""
     started = time.perf_counter()
     record = AuditRecord(request_id=request_id, endpoint=path, result="rejected", reason="",
-                         remote=request.remote)
+                         method="private_key_jwt", remote=request.remote)
     metrics = request.app[METRICS]
     try:
-        form, approved = await _authenticate(request, runtime, path, record)
+        body = await _read_token_request(request)
+        try:
+            form = parse_form(body, content_type=request.headers.get("Content-Type"),
+                              has_authorization="Authorization" in request.headers,
+                              query_string=request.query_string)
+        except InvalidClient as error:
+            if error.reason != "unsupported_auth_method":
+                raise
+            return await _forward_legacy(request, runtime, path, request_id, body, record, error)
+        approved = await _authenticate(request, runtime, path, form, record)
         record.result, record.reason = "accepted", "ok"
         response, record.backend_status = await _forward_endpoint(
             request, path, request_id, form, approved)
@@ -136,24 +100,55 @@ async def handle_endpoint(
             log.info("request %s: %s (%s)", request_id, error.reason, error.detail)
         raise
     finally:
-        metrics.count_auth(record.client or UNKNOWN_CLIENT, path, record.result, record.reason)
+        metrics.count_auth(record.client or UNKNOWN_CLIENT, path, record.result, record.reason,
+                           record.method or "private_key_jwt")
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         request.app[AUDIT].write(record)
 
 
-async def _authenticate(
-    request: web.Request, runtime: Runtime, path: str, record: AuditRecord
-) -> tuple[TokenForm, ClientRuntime]:
-    """Detect the mechanism, look the client up, verify, then record the jti (last)."""
+async def _read_token_request(request: web.Request) -> bytes:
     if request.method != "POST":
         raise MethodNotAllowed("method_not_allowed", untrusted(request.method) or "")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding != "identity":
         raise InvalidRequest("content_encoding", untrusted(encoding) or "")
-    body = await _read_body(request, DEFAULT_MAX_BODY_BYTES)
-    form = parse_form(body, content_type=request.headers.get("Content-Type"),
-                      has_authorization="Authorization" in request.headers,
-                      query_string=request.query_string)
+    return await read_body(request, DEFAULT_MAX_BODY_BYTES)
+
+
+async def _forward_legacy(
+    request: web.Request, runtime: Runtime, path: str, request_id: str, body: bytes,
+    record: AuditRecord, refusal: InvalidClient,
+) -> web.StreamResponse:
+    """Migration mode: a shared secret from a client still allowed one goes through as it
+    came (the backend checks the secret), marked deprecated; anyone else gets ``refusal``.
+    """
+    try:
+        claim = identify_secret_client(body, request.headers.get("Authorization"))
+    except GatewayError:
+        raise refusal from None  # unreadable secret credentials: refused as before
+    record.method = claim.method
+    client = runtime.clients.get(claim.client_id)
+    legacy = client.legacy if client is not None else None
+    if client is None or legacy is None or claim.method not in legacy.methods:
+        raise refusal
+    record.client = client.client_id
+    if legacy.deadline is not None and time.time() >= legacy.deadline:
+        raise InvalidClient("legacy_auth_expired", f"{claim.method} after its sunset")
+    record.result, record.reason = "accepted", "legacy_secret"
+    headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP, request_id=request_id)
+    response, record.backend_status = await _forward(request, path, headers, body, request_id)
+    response.headers["Deprecation"] = legacy.deprecation
+    if legacy.sunset is not None:
+        response.headers["Sunset"] = legacy.sunset
+    log.warning("client %s authenticated with %s (migration mode)", client.client_id,
+                claim.method)
+    return response
+
+
+async def _authenticate(
+    request: web.Request, runtime: Runtime, path: str, form: TokenForm, record: AuditRecord
+) -> ClientRuntime:
+    """Look the client up, verify, then record the jti (last)."""
     started = time.perf_counter()
     try:  # refused tokens cost CPU too: every attempt is timed
         client, verified, now = await _identify_and_verify(runtime, form, path, record)
@@ -165,7 +160,7 @@ async def _authenticate(
     fingerprint = (hashlib.sha256(form.assertion.encode("ascii", "replace")).hexdigest()
                    if client.allow_reuse else None)
     await _check_replay(request, verified, policy.clock_skew, now, fingerprint)
-    return form, client
+    return client
 
 
 async def _identify_and_verify(
@@ -254,7 +249,7 @@ async def handle_passthrough(
     request: web.Request, path: str, request_id: str
 ) -> web.StreamResponse:
     """Forward as it came (hop-by-hop headers aside); no authentication is involved."""
-    body = await _read_body(request, MAX_PASSTHROUGH_BODY)
+    body = await read_body(request, MAX_PASSTHROUGH_BODY)
     headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP, request_id=request_id)
     response, _ = await _forward(request, path, headers, body, request_id)
     return response

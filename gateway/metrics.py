@@ -34,7 +34,7 @@ class GatewayMetrics:
         r = self.registry
         self.client_auth = Counter(
             "pkjwt_client_auth_total", "Client authentication decisions.",
-            ("client", "endpoint", "result", "reason"), registry=r)
+            ("client", "endpoint", "result", "reason", "method"), registry=r)
         self.verification_seconds = Histogram(
             "pkjwt_verification_seconds", "Time to parse and verify one client assertion.",
             buckets=VERIFICATION_BUCKETS, registry=r)
@@ -86,8 +86,9 @@ class GatewayMetrics:
         if result in FETCH_SUCCESS:
             self._child(self.jwks_last_success, client).set(time.time())
 
-    def count_auth(self, client: str, endpoint: str, result: str, reason: str) -> None:
-        self._child(self.client_auth, client, endpoint, result, reason).inc()
+    def count_auth(self, client: str, endpoint: str, result: str, reason: str,
+                   method: str = "private_key_jwt") -> None:
+        self._child(self.client_auth, client, endpoint, result, reason, method).inc()
 
     def count_replay_check(self, store: str, result: str, seconds: float) -> None:
         """One ledger check: ``result`` is fresh, replayed or error."""

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from datetime import time as datetime_time
+from email.utils import format_datetime
 
 import aiohttp
 
@@ -20,6 +24,29 @@ KeysHook = Callable[[str, int], None]
 
 
 @dataclass(frozen=True, slots=True)
+class LegacyPolicy:
+    """Shared-secret methods a client may still use, and until when (epoch seconds)."""
+
+    methods: frozenset[str]
+    deadline: float | None  # the first moment refused: the day after `until`, 00:00 UTC
+    sunset: str | None  # that moment as an HTTP-date, for the Sunset header (RFC 8594)
+    # RFC 9745 Deprecation date: deprecated as of the configuration that allowed it.
+    deprecation: str = ""
+
+
+def _legacy_policy(settings: Settings, client_id: str) -> LegacyPolicy | None:
+    legacy = settings.clients[client_id].legacy_auth
+    if legacy is None:
+        return None
+    since = f"@{int(time.time())}"
+    if legacy.until is None:
+        return LegacyPolicy(frozenset(legacy.allow), None, None, since)
+    end = datetime.combine(legacy.until + timedelta(days=1), datetime_time(), UTC)
+    return LegacyPolicy(frozenset(legacy.allow), end.timestamp(),
+                        format_datetime(end, usegmt=True), since)
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRuntime:
     """One configured client, ready to verify: keys, policy per endpoint, backend credential."""
 
@@ -28,6 +55,7 @@ class ClientRuntime:
     policies: Mapping[str, AssertionPolicy]
     credential: BackendCredential
     allow_reuse: bool = False  # the byte-identical assertion may be sent again
+    legacy: LegacyPolicy | None = None  # migration mode: shared secrets still accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +160,7 @@ def build_runtime(
             policies=_policies(settings, client_id),
             credential=BackendCredential(client_id, auth.method, auth.secret_value()),
             allow_reuse=client.allow_assertion_reuse,
+            legacy=_legacy_policy(settings, client_id),
         )
     if problems:
         raise ConfigError(problems)

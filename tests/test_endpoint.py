@@ -74,7 +74,7 @@ async def test_valid_assertion_is_rewritten_for_the_backend(gw: Running, backend
     assert seen.headers["X-Forwarded-For"] == "127.0.0.1"
     assert seen.headers["X-Forwarded-Proto"] == "http"
     assert gw.metric("pkjwt_client_auth_total", client=CLIENT, endpoint=TOKEN_PATH,
-                     result="accepted", reason="ok") == 1
+                     result="accepted", reason="ok", method="private_key_jwt") == 1
     line = gw.audit_lines()[-1]
     assert line["result"] == "accepted" and line["client"] == CLIENT
     assert line["key_thumbprint"] and line["kid"] == gw.signer.kid and line["backend_status"] == 200

@@ -38,7 +38,8 @@ async def scrape(server: TestServer) -> dict[tuple[str, tuple[tuple[str, str], .
 
 
 def auth(result: str, reason: str, client: str = CLIENT) -> tuple[str, tuple[tuple[str, str], ...]]:
-    labels = {"client": client, "endpoint": TOKEN_PATH, "result": result, "reason": reason}
+    labels = {"client": client, "endpoint": TOKEN_PATH, "result": result, "reason": reason,
+              "method": "private_key_jwt"}
     return "pkjwt_client_auth_total", tuple(sorted(labels.items()))
 
 

@@ -172,7 +172,7 @@ async def test_every_workers_scrape_shows_the_sum_of_all_workers(workers: Worker
     statuses = await asyncio.gather(*(workers.post(workers.assertion()) for _ in range(sent)))
     assert statuses == [200] * sent
     wanted = ('pkjwt_client_auth_total{client="ci-pipeline",endpoint="/oauth2/token",'
-              'reason="ok",result="accepted"} ')
+              'method="private_key_jwt",reason="ok",result="accepted"} ')
     seen_values = set()
     for _ in range(8):  # separate connections: the scrapes land on either worker
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:

@@ -1,0 +1,126 @@
+"""Migration mode: clients not yet on keys keep their shared secret until a date, visibly."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import time
+import uuid
+
+import pytest
+
+from gateway.config import lint_settings, parse_settings
+from tests.conftest import BACKEND_SECRET, ISSUER, Backend, GatewayFactory, gateway_yaml
+from tests.support.tokens import make_signer
+
+CLIENT = "ci-pipeline"
+
+
+def _basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+def _legacy(allow: str, until: dt.date | None) -> str:
+    until_line = f", until: {until.isoformat()}" if until else ""
+    return f"legacy_auth: {{allow: [{allow}]{until_line}}}"
+
+
+TOMORROW = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+YESTERDAY = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+
+
+async def test_a_secret_goes_through_unchanged_marked_deprecated(
+    start_gateway: GatewayFactory, backend: Backend
+) -> None:
+    gw = await start_gateway(client=_legacy("client_secret_basic", TOMORROW))
+    credential = _basic(CLIENT, "the-clients-own-secret")
+    status, headers, _ = await gw.post("grant_type=client_credentials&scope=a",
+                                       headers={"Authorization": credential,
+                                                "Content-Type":
+                                                    "application/x-www-form-urlencoded"})
+    assert status == 200
+    [seen] = backend.seen
+    assert seen.headers["Authorization"] == credential  # not the gateway's backend secret
+    assert seen.body == b"grant_type=client_credentials&scope=a"
+    assert BACKEND_SECRET not in str(seen.headers)
+    assert headers["Sunset"] == (TOMORROW + dt.timedelta(days=1)).strftime(
+        "%a, %d %b %Y 00:00:00 GMT")
+    assert headers["Deprecation"].startswith("@")
+    line = gw.audit_lines()[-1]
+    assert (line["result"], line["reason"], line["method"]) == (
+        "accepted", "legacy_secret", "client_secret_basic")
+    assert gw.metric("pkjwt_client_auth_total", client=CLIENT, endpoint="/oauth2/token",
+                     result="accepted", reason="legacy_secret",
+                     method="client_secret_basic") == 1
+
+
+async def test_client_secret_post_when_allowed(
+    start_gateway: GatewayFactory, backend: Backend
+) -> None:
+    gw = await start_gateway(client=_legacy("client_secret_post", None))
+    body = {"grant_type": "client_credentials", "client_id": CLIENT, "client_secret": "s"}
+    status, headers, _ = await gw.post(body)
+    assert status == 200 and "Sunset" not in headers and "Deprecation" in headers
+    assert ("client_secret", "s") in backend.seen[0].form()
+
+
+@pytest.mark.parametrize(
+    ("client", "request_headers", "data", "reason"),
+    [
+        pytest.param("", {"Authorization": _basic(CLIENT, "s")},
+                     {"grant_type": "client_credentials"}, "unsupported_auth_method",
+                     id="no-legacy-auth-configured"),
+        pytest.param(_legacy("client_secret_post", TOMORROW),
+                     {"Authorization": _basic(CLIENT, "s")},
+                     {"grant_type": "client_credentials"}, "unsupported_auth_method",
+                     id="method-not-allowed"),
+        pytest.param(_legacy("client_secret_basic", YESTERDAY),
+                     {"Authorization": _basic(CLIENT, "s")},
+                     {"grant_type": "client_credentials"}, "legacy_auth_expired",
+                     id="after-until"),
+        pytest.param(_legacy("client_secret_basic", TOMORROW),
+                     {"Authorization": _basic("someone-else", "s")},
+                     {"grant_type": "client_credentials"}, "unsupported_auth_method",
+                     id="another-client"),
+        pytest.param(_legacy("client_secret_basic", TOMORROW), {"Authorization": "Basic !!"},
+                     {"grant_type": "client_credentials"}, "unsupported_auth_method",
+                     id="garbled-basic"),
+    ],
+)
+async def test_refusals(
+    start_gateway: GatewayFactory, backend: Backend, client: str,
+    request_headers: dict[str, str], data: dict[str, str], reason: str,
+) -> None:
+    gw = await start_gateway(client=client)
+    status, headers, body = await gw.post(data, headers=request_headers)
+    assert (status, body["error"]) == (401, "invalid_client")
+    assert headers["WWW-Authenticate"].startswith("Basic")
+    assert backend.seen == []
+    assert gw.audit_lines()[-1]["reason"] == reason
+
+
+async def test_a_migrating_client_can_use_its_key_too(
+    start_gateway: GatewayFactory, backend: Backend
+) -> None:
+    gw = await start_gateway(client=_legacy("client_secret_basic", TOMORROW))
+    now = int(time.time())
+    token = gw.signer.sign({"alg": "ES256", "kid": gw.signer.kid}, {
+        "iss": CLIENT, "sub": CLIENT, "aud": ISSUER, "iat": now, "exp": now + 60,
+        "jti": uuid.uuid4().hex})
+    status, headers, _ = await gw.post(gw.form(token))
+    assert status == 200 and "Deprecation" not in headers
+    assert backend.seen[0].headers["Authorization"] != _basic(CLIENT, "s")
+
+
+@pytest.mark.parametrize(("until", "warned"), [(None, True), (YESTERDAY, True),
+                                               (TOMORROW, False)], ids=["none", "past", "future"])
+def test_check_warns_about_open_ended_or_past_migration(
+    tmp_path: object, until: dt.date | None, warned: bool
+) -> None:
+    from pathlib import Path
+
+    text = gateway_yaml("http://127.0.0.1:1", {"keys": [make_signer("ES256").public_jwk]},
+                        client=_legacy("client_secret_basic", until))
+    settings = parse_settings(text, base_dir=Path(str(tmp_path)), env={"CI_SECRET": "x"})
+    paths = [path for path, _ in lint_settings(settings)]
+    assert ("clients.ci-pipeline.legacy_auth" in paths) is warned
