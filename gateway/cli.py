@@ -1,4 +1,4 @@
-"""The command line: serve, check, schema, keygen, mint, demo."""
+"""The command line: serve, check, schema, keygen, mint, keys, report, demo."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .config import lint_settings, load_settings, settings_json_schema
 from .errors import ConfigError
 from .inventory import collect_inventory, render_inventory
 from .mint import generate_key, load_private_key, mint_assertion
+from .report import collect, render_report
 from .runtime import build_runtime
 from .serve import memory_store_problem, serve
 from .tls import new_server_context
@@ -59,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     keys = verbs.add_parser("keys", help="list every client's keys (fetching remote sets)")
     keys.add_argument("--config", required=True, type=Path)
     keys.add_argument("--json", action="store_true", help="machine-readable output")
+    report = verbs.add_parser("report", help="which clients still use shared secrets")
+    report.add_argument("--config", required=True, type=Path)
+    source = report.add_mutually_exclusive_group()
+    source.add_argument("--metrics", metavar="URL",
+                        help="a gateway's admin /metrics (counts since its start)")
+    source.add_argument("--prometheus", metavar="URL",
+                        help="a Prometheus scraping the gateways (counts over --window)")
+    report.add_argument("--window", default="7d", help="Prometheus range (default 7d)")
+    report.add_argument("--json", action="store_true")
     demo = verbs.add_parser("demo", help="the whole flow on loopback")
     demo.add_argument("--quiet", action="store_true")
     return parser
@@ -82,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mint(args)
     if verb == "keys":
         return keys_inventory(args.config, as_json=args.json)
+    if verb == "report":
+        return secrets_report(args)
     from .demo import run_demo  # the demo's own IdP is only imported when asked for
 
     return run_demo(quiet=args.quiet)
@@ -130,6 +142,23 @@ def keys_inventory(path: Path, *, as_json: bool) -> int:
     entries = asyncio.run(collect_inventory(settings))
     print(render_inventory(entries, as_json=as_json))
     return EXIT_WARNINGS if any(entry.error for entry in entries) else EXIT_OK
+
+
+def secrets_report(args: argparse.Namespace) -> int:
+    """Print who still uses secrets; exit 2 on a bad configuration or an unreadable source."""
+    try:
+        settings = load_settings(args.config)
+        rows = collect(settings, metrics_url=args.metrics, prometheus_url=args.prometheus,
+                       window=args.window)
+    except ConfigError as exc:
+        for where, message in exc.problems:
+            print(f"error: {where}: {message}" if where else f"error: {message}")
+        return EXIT_ERRORS
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read the counts: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    print(render_report(rows, as_json=args.json))
+    return EXIT_OK
 
 
 def keygen(alg: str, kid: str | None, out: Path | None) -> int:

@@ -124,3 +124,52 @@ def test_check_warns_about_open_ended_or_past_migration(
     settings = parse_settings(text, base_dir=Path(str(tmp_path)), env={"CI_SECRET": "x"})
     paths = [path for path, _ in lint_settings(settings)]
     assert ("clients.ci-pipeline.legacy_auth" in paths) is warned
+
+
+async def test_report_lists_clients_still_on_secrets_from_metrics(
+    backend: Backend, tmp_path: object
+) -> None:
+    import asyncio
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import aiohttp
+
+    from tests.test_cli import _free_port, _wait_healthy
+
+    directory = Path(str(tmp_path))
+    port, admin = _free_port(), _free_port()
+    config = directory / "gateway.yaml"
+    config.write_text(gateway_yaml(
+        backend.url, {"keys": [make_signer("ES256").public_jwk]},
+        client=_legacy("client_secret_basic", TOMORROW),
+        extra=f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
+              f"admin: {{host: 127.0.0.1, port: {admin}}}\n"))
+    env = {**os.environ, "CI_SECRET": "report-test-secret"}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_healthy(session, admin)
+            for _ in range(3):
+                async with session.post(f"http://127.0.0.1:{port}/oauth2/token",
+                                        data={"grant_type": "client_credentials"},
+                                        headers={"Authorization": _basic(CLIENT, "s")}) as r:
+                    assert r.status == 200
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway", "report", "--config", str(config), "--metrics",
+             f"http://127.0.0.1:{admin}/metrics", "--json"],
+            capture_output=True, text=True, timeout=60, cwd=root, env=env)
+        assert result.returncode == 0, result.stderr
+        [row] = json.loads(result.stdout)
+        assert row["client"] == CLIENT and row["secret_requests"] == {"client_secret_basic": 3}
+        assert row["until"] == TOMORROW.isoformat() and row["days_left"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
