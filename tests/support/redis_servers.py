@@ -29,10 +29,15 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_port(below: int = 65536) -> int:
+    """A port free right now, under ``below`` (a cluster node also needs port + 10000)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port < below:
+            return port
+    raise RuntimeError(f"no free port below {below}")
 
 
 def answers_ping(port: int) -> bool:
@@ -106,8 +111,11 @@ class Servers:
 
     def start(self, *extra: str, sentinel_of: int | None = None) -> Server:
         """A plain server with ``extra`` arguments, or a sentinel watching ``sentinel_of``."""
-        for _ in range(3):  # a free port can be taken between probe and bind
-            port = free_port()
+        failure = "no attempt"
+        # The cluster bus listens on port + 10000, which must be a valid port too.
+        below = 55536 if "--cluster-enabled" in extra else 65536
+        for _ in range(5):  # a free port can be taken between probe and bind
+            port = free_port(below)
             workdir = self.root / str(port)
             workdir.mkdir()
             args: list[str] = []
@@ -122,10 +130,11 @@ class Servers:
             self.started.append(server)
             try:
                 server.start()
-            except RuntimeError:
+            except RuntimeError as exc:
+                failure = str(exc)
                 continue
             return server
-        raise RuntimeError("could not start redis-server on a free port")
+        raise RuntimeError(f"could not start redis-server on a free port: {failure}")
 
     def start_cluster(self, masters: int = 3) -> list[Server]:
         """``masters`` cluster nodes, no replicas, every slot assigned and the state ok."""
