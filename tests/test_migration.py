@@ -173,3 +173,14 @@ async def test_report_lists_clients_still_on_secrets_from_metrics(
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_check_explains_the_risk_of_assertion_reuse(tmp_path: object) -> None:
+    from pathlib import Path
+
+    text = gateway_yaml("http://127.0.0.1:1", {"keys": [make_signer("ES256").public_jwk]},
+                        client="allow_assertion_reuse: true")
+    settings = parse_settings(text, base_dir=Path(str(tmp_path)), env={"CI_SECRET": "x"})
+    [message] = [m for path, m in lint_settings(settings)
+                 if path == "clients.ci-pipeline.allow_assertion_reuse"]
+    assert "replayed" in message and "max_lifetime" in message
