@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .app_keys import AUDIT, LEDGER, METRICS, RUNTIME, UPSTREAM
+from .app_keys import AUDIT, GUARDS, LEDGER, METRICS, RUNTIME, UPSTREAM, Guards
 from .audit import AuditLog
 from .config import JwksFetchSettings, Settings, load_settings
 from .errors import ConfigError
@@ -44,7 +44,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The in-process tier in front of Redis only saves round trips: it need not hold everything.
 LOCAL_TIER_MAX_ENTRIES = 100_000
 # Settings a running process cannot change: a reload applies the rest and says so.
-RESTART_ONLY = ("listen", "admin", "backend", "replay", "audit")
+RESTART_ONLY = ("listen", "admin", "backend", "replay", "audit", "limits")
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -109,8 +109,12 @@ class Gateway:
         return self.slot.current
 
     def _public_app(self, settings: Settings, audit_stream: TextIO | None) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024,
-                              handler_args={"auto_decompress": False})
+        limits = settings.limits
+        app = web.Application(client_max_size=1024 * 1024, handler_args={
+            "auto_decompress": False, "max_line_size": limits.max_line_size,
+            "max_field_size": limits.max_header_size, "max_headers": limits.max_headers,
+            "keepalive_timeout": limits.keepalive_timeout})
+        app[GUARDS] = Guards.from_settings(limits)
         app[RUNTIME] = self.slot
         app[LEDGER] = self.ledger
         app[METRICS] = self.metrics

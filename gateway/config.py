@@ -157,6 +157,28 @@ class ReplaySettings(_Frozen):
         return None
 
 
+class BucketSettings(_Frozen):
+    rate: float = Field(default=5.0, gt=0, strict=False)  # tokens back per second
+    burst: int = Field(default=50, ge=1)  # failures allowed in a row before slowing down
+
+
+class LimitSettings(_Frozen):
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=1024 * 1024)
+    max_line_size: int = Field(default=8190, ge=256, le=65536)  # request line
+    max_header_size: int = Field(default=8190, ge=256, le=65536)  # one header field
+    max_headers: int = Field(default=64, ge=8, le=1024)
+    body_timeout: Duration = duration_field("10s", gt=0)  # to read a whole body
+    keepalive_timeout: Duration = duration_field("15s", gt=0)  # idle client connections
+    max_in_flight: int = Field(default=1024, ge=1)  # requests handled at once; then 503
+    # Generous: anyone who knows a client id can spend its budget (a targeted slow-down).
+    failures_per_client: BucketSettings = Field(
+        default_factory=lambda: BucketSettings(rate=5.0, burst=50))
+    # Generous: behind a load balancer many clients may share one address.
+    failures_per_address: BucketSettings = Field(
+        default_factory=lambda: BucketSettings(rate=20.0, burst=200))
+    max_tracked: int = Field(default=100_000, ge=100)  # keys each failure limiter holds
+
+
 class AuditSettings(_Frozen):
     # "stdout", "off", or a file path (appended to; relative to the config file).
     output: StrictStr = "stdout"
@@ -239,6 +261,7 @@ class Settings(_Frozen):
     jwks_fetch: JwksFetchSettings = Field(default_factory=JwksFetchSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     clients: Annotated[dict[ClientId, ClientSettings], Field(min_length=1)]
 
     def effective_policy(self, client_id: str) -> PolicySettings:

@@ -4,6 +4,7 @@
     ├── InvalidRequest                invalid_request   400  malformed request or envelope
     ├── InvalidClient                 invalid_client    401  assertion, keys or client wrong
     ├── TemporarilyUnavailable        temporarily_unavailable 503  ledger or key source down
+    ├── TooManyRequests               temporarily_unavailable 429  failed attempts, slow down
     ├── BadGateway                    bad_gateway       502  backend refused or unreachable
     ├── GatewayTimeout                gateway_timeout   504  backend too slow
     ├── NotFound                      not_found         404  no such route
@@ -50,6 +51,18 @@ class TemporarilyUnavailable(GatewayError):
     code = "temporarily_unavailable"
     status = 503
     description = "The service is temporarily unable to handle the request."
+
+
+class TooManyRequests(GatewayError):
+    """Too many failed authentications from one client or address: try again later."""
+
+    code = "temporarily_unavailable"
+    status = 429
+    description = "Too many failed attempts; retry later."
+
+    def __init__(self, reason: str, retry_after: float, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.retry_after = retry_after
 
 
 class BadGateway(GatewayError):

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import secrets
 
 from aiohttp import web
 
-from .errors import GatewayError, InvalidClient, InvalidRequest, MethodNotAllowed
+from .errors import (
+    GatewayError,
+    InvalidClient,
+    InvalidRequest,
+    MethodNotAllowed,
+    TooManyRequests,
+)
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -30,14 +37,24 @@ def error_response(error: GatewayError, *, request_id: str, basic_challenge: boo
         headers["WWW-Authenticate"] = 'Basic realm="pkjwt-gateway", charset="UTF-8"'
     if isinstance(error, MethodNotAllowed):
         headers["Allow"] = "POST"
+    if isinstance(error, TooManyRequests):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     body = json.dumps({"error": error.code, "error_description": error.description})
     return web.Response(status=error.status, body=body.encode(), headers=headers,
                         content_type="application/json")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, at most ``limit`` bytes; raises InvalidRequest (body_too_large,
-    incomplete_body)."""
+async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
+    """The whole body, at most ``limit`` bytes, within ``deadline`` seconds; raises
+    InvalidRequest (body_too_large, incomplete_body, body_timeout)."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await _read_body(request, limit)
+    except TimeoutError as exc:  # a client trickling its body holds a connection for free
+        raise InvalidRequest("body_timeout", f"not sent within {deadline:g}s") from exc
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise InvalidRequest("body_too_large", f"content-length {length}")

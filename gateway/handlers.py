@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from .app_keys import AUDIT, LEDGER, METRICS, RUNTIME, UPSTREAM
+from .app_keys import AUDIT, GUARDS, LEDGER, METRICS, RUNTIME, UPSTREAM, Guards
 from .assertion import (
     AssertionPolicy,
     ParsedAssertion,
@@ -17,6 +17,7 @@ from .assertion import (
     verify_assertion,
 )
 from .audit import AuditRecord, jti_digest, untrusted
+from .config import LimitSettings
 from .errors import (
     GatewayError,
     InvalidClient,
@@ -25,9 +26,10 @@ from .errors import (
     NotFound,
     ServerError,
     TemporarilyUnavailable,
+    TooManyRequests,
 )
 from .exchange import error_response, read_body, request_id_of
-from .form import DEFAULT_MAX_BODY_BYTES, TokenForm, parse_form
+from .form import TokenForm, parse_form
 from .legacy import identify_secret_client
 from .metrics import UNKNOWN_CLIENT, status_class
 from .runtime import ClientRuntime, Runtime
@@ -50,8 +52,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     path = request.raw_path.partition("?")[0]
     request_id = request_id_of(request)
     basic = "Authorization" in request.headers
+    guards = request.app[GUARDS]
+    if guards.in_flight >= guards.limits.max_in_flight:
+        # Shed load before reading anything: every admitted request keeps its latency.
+        return error_response(TemporarilyUnavailable("overloaded"), request_id=request_id,
+                              basic_challenge=False)
     in_flight = request.app[METRICS].in_flight
     in_flight.inc()
+    guards.in_flight += 1
     try:
         if path in runtime.endpoints:
             return await handle_endpoint(request, runtime, path, request_id)
@@ -66,6 +74,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                               basic_challenge=False)
     finally:
         in_flight.dec()
+        guards.in_flight -= 1
 
 
 async def handle_endpoint(
@@ -75,9 +84,13 @@ async def handle_endpoint(
     started = time.perf_counter()
     record = AuditRecord(request_id=request_id, endpoint=path, result="rejected", reason="",
                          method="private_key_jwt", remote=request.remote)
-    metrics = request.app[METRICS]
+    metrics, guards = request.app[METRICS], request.app[GUARDS]
+    address = request.remote or ""
     try:
-        body = await _read_token_request(request)
+        retry_after = guards.address_failures.retry_after(address, time.monotonic())
+        if retry_after is not None:
+            raise TooManyRequests("too_many_failures", retry_after, "from this address")
+        body = await _read_token_request(request, guards.limits)
         try:
             form = parse_form(body, content_type=request.headers.get("Content-Type"),
                               has_authorization="Authorization" in request.headers,
@@ -94,6 +107,11 @@ async def handle_endpoint(
     except GatewayError as error:
         if record.result == "rejected":
             record.reason = error.reason
+            if isinstance(error, InvalidClient):  # failed authentications slow down
+                now = time.monotonic()
+                guards.address_failures.failed(address, now)
+                if record.client is not None:
+                    guards.client_failures.failed(record.client, now)
         else:
             record.backend_error = error.reason
         if error.detail:
@@ -106,13 +124,13 @@ async def handle_endpoint(
         request.app[AUDIT].write(record)
 
 
-async def _read_token_request(request: web.Request) -> bytes:
+async def _read_token_request(request: web.Request, limits: LimitSettings) -> bytes:
     if request.method != "POST":
         raise MethodNotAllowed("method_not_allowed", untrusted(request.method) or "")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding != "identity":
         raise InvalidRequest("content_encoding", untrusted(encoding) or "")
-    return await read_body(request, DEFAULT_MAX_BODY_BYTES)
+    return await read_body(request, limits.max_body_bytes, limits.body_timeout)
 
 
 async def _forward_legacy(
@@ -151,7 +169,8 @@ async def _authenticate(
     """Look the client up, verify, then record the jti (last)."""
     started = time.perf_counter()
     try:  # refused tokens cost CPU too: every attempt is timed
-        client, verified, now = await _identify_and_verify(runtime, form, path, record)
+        client, verified, now = await _identify_and_verify(
+            runtime, form, path, record, request.app[GUARDS])
     finally:
         request.app[METRICS].verification_seconds.observe(time.perf_counter() - started)
     policy = client.policies[path]
@@ -164,7 +183,7 @@ async def _authenticate(
 
 
 async def _identify_and_verify(
-    runtime: Runtime, form: TokenForm, path: str, record: AuditRecord
+    runtime: Runtime, form: TokenForm, path: str, record: AuditRecord, guards: Guards
 ) -> tuple[ClientRuntime, VerifiedAssertion, float]:
     """Parse the assertion, find its client (client_id, else sub), verify; returns the clock."""
     parsed = parse_assertion(form.assertion)
@@ -176,6 +195,10 @@ async def _identify_and_verify(
     if client is None:
         raise InvalidClient("unknown_client", untrusted(claimed) or "")
     record.client = client.client_id
+    # Checked before any signature is: a flood of bad assertions for one client costs little.
+    retry_after = guards.client_failures.retry_after(client.client_id, time.monotonic())
+    if retry_after is not None:
+        raise TooManyRequests("too_many_failures", retry_after, "for this client")
     now = time.time()
     return client, await _verify(client, parsed, client.policies[path], now), now
 
@@ -249,7 +272,8 @@ async def handle_passthrough(
     request: web.Request, path: str, request_id: str
 ) -> web.StreamResponse:
     """Forward as it came (hop-by-hop headers aside); no authentication is involved."""
-    body = await read_body(request, MAX_PASSTHROUGH_BODY)
+    body = await read_body(request, MAX_PASSTHROUGH_BODY,
+                           request.app[GUARDS].limits.body_timeout)
     headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP, request_id=request_id)
     response, _ = await _forward(request, path, headers, body, request_id)
     return response

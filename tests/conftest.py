@@ -117,9 +117,16 @@ class Running:
             return response.status, CIMultiDict(response.headers), body
 
 
+# Most tests send many failures from 127.0.0.1 on purpose: the failure brakes stay out of
+# their way unless a test sets its own limits.
+ROOMY_LIMITS = ("limits: {failures_per_client: {rate: 1000, burst: 100000}, "
+                "failures_per_address: {rate: 1000, burst: 100000}}")
+
+
 def gateway_yaml(backend_url: str, jwks: dict[str, Any], *, policy: str = "",
-                 client: str = "", extra: str = "", client_id: str = "ci-pipeline") -> str:
-    return f"""
+                 client: str = "", extra: str = "", client_id: str = "ci-pipeline",
+                 limits: str = ROOMY_LIMITS) -> str:
+    return f"""{limits}
 issuer: {ISSUER}
 backend: {{url: "{backend_url}", timeout: 1s}}
 endpoints: [{TOKEN_PATH}, /oauth2/introspect]
