@@ -10,6 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 MIN_RSA_BITS = 2048
+# Verification cost grows with the modulus: a huge key set by a hostile JWKS host (or a
+# careless config) must not turn every token into a CPU sink.
+MAX_RSA_BITS = 8192
 # Members that only a private or symmetric key carries (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 # Coordinate length in bytes per curve: a wrong length means a corrupt or mislabelled key.
@@ -99,6 +102,8 @@ def _rsa_problem(key: Mapping[str, Any]) -> str | None:
     bits = int.from_bytes(n, "big").bit_length()
     if bits < MIN_RSA_BITS:
         return f"RSA modulus of {bits} bits is too short (at least {MIN_RSA_BITS})"
+    if bits > MAX_RSA_BITS:
+        return f"RSA modulus of {bits} bits is too long (at most {MAX_RSA_BITS})"
     exponent = int.from_bytes(e, "big")
     if exponent < 3 or exponent % 2 == 0:
         return "RSA public exponent is not valid"

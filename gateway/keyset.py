@@ -15,6 +15,7 @@ from joserfc.jwa import JWSAlgModel
 from gateway.errors import InvalidClient
 
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192  # as jwkset: verification cost grows with the modulus
 MAX_KEY_TRIES = 4  # keys tried when the header names none: bounds the CPU one token can cost
 
 # The only JWS algorithms the gateway knows, built once from an explicit list. joserfc's
@@ -159,6 +160,8 @@ def _prepare_key(index: int, jwk_dict: Mapping[str, Any]) -> VerificationKey:
         bits = _rsa_modulus_bits(jwk_dict.get("n"))
         if bits < MIN_RSA_BITS:
             raise ValueError(f"{where}: RSA modulus of {bits} bits, at least {MIN_RSA_BITS} needed")
+        if bits > MAX_RSA_BITS:
+            raise ValueError(f"{where}: RSA modulus of {bits} bits, at most {MAX_RSA_BITS}")
     kid = jwk_dict.get("kid")
     x5t = jwk_dict.get("x5t")
     x5t_s256 = jwk_dict.get("x5t#S256")

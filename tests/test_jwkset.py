@@ -170,3 +170,17 @@ def test_every_problem_is_reported() -> None:
 )
 def test_decode_base64url(text: object, expected: bytes | None) -> None:
     assert decode_base64url(text) == expected
+
+
+def test_rsa_modulus_over_8192_bits_is_refused() -> None:
+    import base64
+
+    from gateway.jwkset import filter_public_jwks
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    huge = {"kty": "RSA", "kid": "huge", "n": b64(b"\xff" * 1025), "e": "AQAB"}  # 8200 bits
+    kept, problems = filter_public_jwks({"keys": [huge]}, "jwks")
+    assert kept == ()
+    assert any("at most 8192" in message for _, message in problems)
