@@ -11,6 +11,7 @@ import base64
 import http.client
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, gateway_yaml
 from tests.support.tokens import Signer, make_signer
 
 CLIENT = "ci-pipeline"
+# A fixed budget in CI; `make fuzz` raises it (FUZZ_EXAMPLES=5000).
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 
 
 @dataclass
@@ -126,7 +129,7 @@ def hostile_assertions(draw: st.DrawFn, signer: Signer) -> str:
     return draw(st.text(max_size=200))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_hostile_assertions_are_refused_cleanly(live: Live, data: st.DataObject) -> None:
     assertion = data.draw(hostile_assertions(live.signer))
@@ -141,7 +144,7 @@ def test_hostile_assertions_are_refused_cleanly(live: Live, data: st.DataObject)
         assert json.loads(raw)["error"] in {"invalid_request", "invalid_client"}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(body=st.one_of(st.binary(max_size=300),
                       st.lists(st.tuples(st.text(max_size=12), st.text(max_size=30)), max_size=6)
                       .map(lambda pairs: "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs)
@@ -162,3 +165,55 @@ def test_hostile_bodies_are_refused_cleanly(
     status, raw = live.post(body, headers)
     assert 400 <= status < 500, raw
     assert len(live.forwarded) == before
+
+
+json_texts = st.one_of(
+    st.just('{"a": 1}'),
+    json_values.map(lambda value: json.dumps(value, allow_nan=True)),
+    st.integers(1, 400).map(lambda depth: "[" * depth + "]" * depth),  # deep nesting
+    st.integers(0, 10**6).map(lambda n: "1" + "0" * n if n < 5000 else "1e" + str(n)),
+)
+
+
+@st.composite
+def duplicated_members(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A header and payload as raw JSON text, often with a member given twice."""
+    now = int(time.time())
+    claims = [("iss", CLIENT), ("sub", CLIENT), ("aud", ISSUER), ("iat", now),
+              ("exp", now + 60), ("jti", draw(st.text(min_size=1, max_size=12)))]
+    header = [("alg", "ES256")]
+    target = draw(st.sampled_from(["header", "payload", "none"]))
+    members = claims if target != "header" else header
+    if target != "none":
+        name, _ = draw(st.sampled_from(members))
+        members = [*members, (name, draw(json_values))]
+    extra = draw(st.lists(st.tuples(st.sampled_from(["x", "nested", "big"]), json_texts),
+                          max_size=2))
+
+    def text(pairs: list[tuple[str, Any]], raw: list[tuple[str, str]]) -> bytes:
+        parts = [f"{json.dumps(k)}: {json.dumps(v, allow_nan=True)}" for k, v in pairs]
+        parts += [f"{json.dumps(k)}: {v}" for k, v in raw]
+        return ("{" + ", ".join(parts) + "}").encode("utf-8", "surrogatepass")
+
+    return (text(header if target == "header" else [("alg", "ES256")], []),
+            text(claims if target != "payload" else members, extra))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_duplicate_members_and_hostile_json_are_refused(live: Live, data: st.DataObject) -> None:
+    """Duplicate JSON members are refused outright: parsers disagree on which one wins."""
+    header, payload = data.draw(duplicated_members())
+    assertion = live.signer.sign(header, payload)  # a genuine signature over hostile JSON
+    body = urlencode({"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+                      "client_assertion": assertion}).encode()
+    before = len(live.forwarded)
+    status, raw = live.post(body, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status < 500, raw
+    if status == 200:  # only ever for JSON without a repeated top-level member
+        for part in (header, payload):
+            names = [name for name, _ in json.loads(part, object_pairs_hook=list)]
+            assert len(names) == len(set(names)), part
+        assert len(live.forwarded) == before + 1
+    else:
+        assert len(live.forwarded) == before
