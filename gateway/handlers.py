@@ -40,10 +40,14 @@ log = logging.getLogger("gateway")
 # Passthrough paths (discovery documents and the like) may carry larger bodies than a token form.
 MAX_PASSTHROUGH_BODY = 1024 * 1024
 # The endpoint body is rebuilt and re-authenticated: the client's own framing and credential go.
+# A backend framework that honours a method override would read our POST as another method.
+_METHOD_OVERRIDES = ("X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method")
 _ENDPOINT_SKIP = skipped_request_headers(
-    ("Authorization", "Content-Type", "Content-Encoding", "X-Request-Id"))
-_PASSTHROUGH_SKIP = skipped_request_headers(("X-Request-Id",))
+    ("Authorization", "Content-Type", "Content-Encoding", "X-Request-Id", *_METHOD_OVERRIDES))
+_PASSTHROUGH_SKIP = skipped_request_headers(("X-Request-Id", *_METHOD_OVERRIDES))
 _KEY_MISS = frozenset({"no_matching_key", "bad_signature"})
+_UNTRUSTED_FRAMING = frozenset({"bad_transfer_encoding", "body_too_large", "body_timeout",
+                                "incomplete_body", "content_encoding"})
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -61,13 +65,18 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     in_flight.inc()
     guards.in_flight += 1
     try:
+        _check_framing(request)
         if path in runtime.endpoints:
             return await handle_endpoint(request, runtime, path, request_id)
         if path in runtime.passthrough:
             return await handle_passthrough(request, path, request_id)
         raise NotFound("no_route")
     except GatewayError as error:
-        return error_response(error, request_id=request_id, basic_challenge=basic)
+        response = error_response(error, request_id=request_id, basic_challenge=basic)
+        if error.reason in _UNTRUSTED_FRAMING:
+            # Where this request ends is in doubt: nothing after it on the connection is read.
+            response.force_close()
+        return response
     except Exception:
         log.exception("unexpected error (request_id=%s)", request_id)
         return error_response(ServerError("unexpected"), request_id=request_id,
@@ -75,6 +84,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     finally:
         in_flight.dec()
         guards.in_flight -= 1
+
+
+def _check_framing(request: web.Request) -> None:
+    """Only plain chunked transfer coding: the parser would ignore any other coding, and an
+    intermediary that applies it would see another body than the one we authenticate."""
+    codings = request.headers.getall("Transfer-Encoding", ())
+    if codings and [c.strip().lower() for c in codings] != ["chunked"]:
+        raise InvalidRequest("bad_transfer_encoding", untrusted(", ".join(codings)) or "")
 
 
 async def handle_endpoint(
