@@ -170,6 +170,7 @@ class LimitSettings(_Frozen):
     body_timeout: Duration = duration_field("10s", gt=0)  # to read a whole body
     keepalive_timeout: Duration = duration_field("15s", gt=0)  # idle client connections
     max_in_flight: int = Field(default=1024, ge=1)  # requests handled at once; then 503
+    max_connections: int = Field(default=10_000, ge=1)  # open client connections; then 503
     # Generous: anyone who knows a client id can spend its budget (a targeted slow-down).
     failures_per_client: BucketSettings = Field(
         default_factory=lambda: BucketSettings(rate=5.0, burst=50))

@@ -16,6 +16,7 @@ from aiohttp import web
 from .app import Gateway, create_gateway
 from .config import Settings, load_settings
 from .errors import ConfigError
+from .listener import CappedSite
 from .supervisor import supervise
 
 EXIT_OK, EXIT_ERRORS = 0, 2
@@ -100,8 +101,9 @@ async def _serve(gateway: Gateway, settings: Settings, *, reuse_port: bool) -> i
         for runner in (public, admin):
             await runner.setup()
         # Workers share each port through SO_REUSEPORT: the kernel spreads connections.
-        await web.TCPSite(public, settings.listen.host, settings.listen.port,
-                          ssl_context=gateway.tls_context, reuse_port=reuse_port or None).start()
+        await CappedSite(public, settings.listen.host, settings.listen.port,
+                         max_connections=settings.limits.max_connections,
+                         ssl_context=gateway.tls_context, reuse_port=reuse_port or None).start()
         await web.TCPSite(admin, settings.admin.host, settings.admin.port,
                           reuse_port=reuse_port or None).start()
         log.info("listening on %s:%d (admin %s:%d)", settings.listen.host, settings.listen.port,

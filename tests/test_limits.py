@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from gateway.app import create_gateway
+from gateway.config import parse_settings
 from gateway.limiter import FailureLimiter
-from tests.conftest import ISSUER, Backend, GatewayFactory, Running
+from gateway.listener import CappedSite
+from tests.conftest import ISSUER, Backend, GatewayFactory, Running, gateway_yaml
 from tests.support.tokens import make_signer
 
 CLIENT = "ci-pipeline"
@@ -116,3 +122,34 @@ async def test_over_max_in_flight_requests_are_shed_with_503(
     statuses = sorted(status for status, _, _ in results)
     assert statuses.count(200) >= 1 and 503 in statuses
     assert len(backend.seen) == statuses.count(200)
+
+
+async def test_connections_over_the_cap_get_503_and_are_closed(
+    backend: Backend, tmp_path: Path
+) -> None:
+    gateway = create_gateway(parse_settings(
+        gateway_yaml(backend.url, {"keys": [make_signer("ES256").public_jwk]}),
+        base_dir=tmp_path, env={"CI_SECRET": "cap-test-secret"}), audit_stream=io.StringIO())
+    runner = web.AppRunner(gateway.public, access_log=None)
+    await runner.setup()
+    site = CappedSite(runner, "127.0.0.1", 0, max_connections=2)
+    await site.start()
+    port = site.port
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.05)  # both accepted and registered
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await asyncio.wait_for(reader.read(), 5)  # the server closes it
+        assert answer.startswith(b"HTTP/1.1 503") and b"temporarily_unavailable" in answer
+        writer.close()
+        held.pop()[1].close()
+        await asyncio.sleep(0.05)  # a slot is free again
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 404")
+        writer.close()
+    finally:
+        for _, writer in held:
+            writer.close()
+        await runner.cleanup()
