@@ -89,8 +89,9 @@ def forwarded_request_headers(
     prior = inbound.get("X-Forwarded-For")
     headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
     headers.append(("X-Forwarded-Proto", request.scheme))
-    if request.host:
-        headers.append(("X-Forwarded-Host", request.host))
+    host = inbound.get("Host")
+    if host:  # never the listener's own address, which request.host falls back to
+        headers.append(("X-Forwarded-Host", host))
     headers.append(("X-Request-Id", request_id))
     return headers
 
