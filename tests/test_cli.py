@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from gateway.assertion import AssertionPolicy, parse_assertion, verify_assertion
 from gateway.keyset import prepare_keyset
 from tests.conftest import ASSERTION_TYPE, ISSUER, Backend, gateway_yaml
+from tests.support.serving import free_port, listeners, serving
 from tests.support.tokens import make_signer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,41 +95,23 @@ def test_keygen_then_mint_gives_an_assertion_the_gateway_accepts(tmp_path: Path,
     assert verified.client_id == "ci" and verified.kid == "k1"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_serve_answers_and_stops_cleanly_on_sigterm(
     backend: Backend, tmp_path: Path
 ) -> None:
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     config = tmp_path / "serve.yaml"
-    config.write_text(gateway_yaml(
-        backend.url, {"keys": [make_signer("ES256").public_jwk]},
-        extra=f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
-              f"admin: {{host: 127.0.0.1, port: {admin}}}\n"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
-        env={**os.environ, "CI_SECRET": "serve-test-secret"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    try:
+    config.write_text(gateway_yaml(backend.url, {"keys": [make_signer("ES256").public_jwk]},
+                                   extra=listeners(port, admin)))
+    async with serving(config, port, admin, {"CI_SECRET": "serve-test-secret"}) as served:
         async with aiohttp.ClientSession() as session:
-            await _wait_healthy(session, admin)
-            async with session.post(f"http://127.0.0.1:{port}/oauth2/token",
+            async with session.post(served.token_url,
                                     data={"grant_type": "client_credentials"}) as response:
                 assert response.status == 401
             async with session.get(f"http://127.0.0.1:{admin}/metrics") as response:
                 assert "pkjwt_build_info" in await response.text()
             async with session.get(f"http://127.0.0.1:{admin}/readyz") as response:
                 assert response.status == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert served.stop() == 0
 
 
 def test_check_reports_a_key_that_cannot_be_imported(tmp_path: Path) -> None:
@@ -146,20 +128,13 @@ def test_check_reports_a_key_that_cannot_be_imported(tmp_path: Path) -> None:
 
 
 async def test_sighup_reloads_a_running_server(backend: Backend, tmp_path: Path) -> None:
-    port, admin = _free_port(), _free_port()
-    listeners = (f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
-                 f"admin: {{host: 127.0.0.1, port: {admin}}}\n")
+    port, admin = free_port(), free_port()
     newcomer = make_signer("ES256", kid="newcomer", slot=1)
     config = tmp_path / "gateway.yaml"
     config.write_text(gateway_yaml(backend.url, {"keys": [make_signer("ES256").public_jwk]},
-                                   extra=listeners))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
-        env={**os.environ, "CI_SECRET": "sighup-test-secret"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/oauth2/token"
+                                   extra=listeners(port, admin)))
 
-    async def status_for_newcomer(session: aiohttp.ClientSession) -> int:
+    async def status_for_newcomer(session: aiohttp.ClientSession, url: str) -> int:
         now = int(time.time())
         assertion = newcomer.sign(
             {"alg": "ES256", "kid": "newcomer"},
@@ -170,66 +145,36 @@ async def test_sighup_reloads_a_running_server(backend: Backend, tmp_path: Path)
                 "client_assertion": assertion}) as response:
             return response.status
 
-    try:
+    async with serving(config, port, admin, {"CI_SECRET": "sighup-test-secret"}) as served:
         async with aiohttp.ClientSession() as session:
-            await _wait_healthy(session, admin)
-            assert await status_for_newcomer(session) == 401
+            assert await status_for_newcomer(session, served.token_url) == 401
             block = (f"\n  newcomer:\n    jwks: {{keys: [{json.dumps(newcomer.public_jwk)}]}}\n"
                      "    backend_auth: {method: none}\n")
             config.write_text(gateway_yaml(
                 backend.url, {"keys": [make_signer("ES256").public_jwk]},
-                extra=block + listeners))
-            proc.send_signal(signal.SIGHUP)
+                extra=block + listeners(port, admin)))
+            served.proc.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 10
-            while await status_for_newcomer(session) != 200:
+            while await status_for_newcomer(session, served.token_url) != 200:
                 assert time.monotonic() < deadline, "SIGHUP did not reload"
                 await asyncio.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-async def _wait_healthy(session: aiohttp.ClientSession, admin: int) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            async with session.get(f"http://127.0.0.1:{admin}/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        assert time.monotonic() < deadline, "serve did not start"
-        await asyncio.sleep(0.1)
+        assert served.stop() == 0
 
 
 async def test_audit_lines_go_to_the_configured_file(backend: Backend, tmp_path: Path) -> None:
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     config = tmp_path / "serve.yaml"
     config.write_text(gateway_yaml(
         backend.url, {"keys": [make_signer("ES256").public_jwk]},
-        extra=f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
-              f"admin: {{host: 127.0.0.1, port: {admin}}}\naudit: {{output: audit.log}}\n"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
-        env={**os.environ, "CI_SECRET": "audit-test-secret"}, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL)
-    try:
-        async with aiohttp.ClientSession() as session:
-            await _wait_healthy(session, admin)
-            async with session.post(f"http://127.0.0.1:{port}/oauth2/token",
-                                    data={"grant_type": "client_credentials"}) as response:
-                assert response.status == 401
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.stdout is not None
-    assert proc.stdout.read() == b""  # nothing on stdout: the lines went to the file
-    proc.stdout.close()
+        extra=listeners(port, admin) + "audit: {output: audit.log}\n"))
+    async with serving(config, port, admin, {"CI_SECRET": "audit-test-secret"},
+                       stdout=subprocess.PIPE) as served:
+        async with aiohttp.ClientSession() as session, session.post(
+                served.token_url, data={"grant_type": "client_credentials"}) as response:
+            assert response.status == 401
+        assert served.stop() == 0
+        assert served.proc.stdout is not None
+        assert served.proc.stdout.read() == b""  # nothing on stdout: the lines went to the file
+        served.proc.stdout.close()
     [line] = (tmp_path / "audit.log").read_text().splitlines()
     assert json.loads(line)["reason"] == "no_client_auth"

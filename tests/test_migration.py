@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.config import lint_settings, parse_settings
 from tests.conftest import BACKEND_SECRET, ISSUER, Backend, GatewayFactory, gateway_yaml
+from tests.support.serving import ROOT, free_port, listeners, serving
 from tests.support.tokens import make_signer
 
 CLIENT = "ci-pipeline"
@@ -115,49 +123,28 @@ async def test_a_migrating_client_can_use_its_key_too(
 @pytest.mark.parametrize(("until", "warned"), [(None, True), (YESTERDAY, True),
                                                (TOMORROW, False)], ids=["none", "past", "future"])
 def test_check_warns_about_open_ended_or_past_migration(
-    tmp_path: object, until: dt.date | None, warned: bool
+    tmp_path: Path, until: dt.date | None, warned: bool
 ) -> None:
-    from pathlib import Path
-
     text = gateway_yaml("http://127.0.0.1:1", {"keys": [make_signer("ES256").public_jwk]},
                         client=_legacy("client_secret_basic", until))
-    settings = parse_settings(text, base_dir=Path(str(tmp_path)), env={"CI_SECRET": "x"})
+    settings = parse_settings(text, base_dir=tmp_path, env={"CI_SECRET": "x"})
     paths = [path for path, _ in lint_settings(settings)]
     assert ("clients.ci-pipeline.legacy_auth" in paths) is warned
 
 
 async def test_report_lists_clients_still_on_secrets_from_metrics(
-    backend: Backend, tmp_path: object
+    backend: Backend, tmp_path: Path
 ) -> None:
-    import asyncio
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import aiohttp
-
-    from tests.test_cli import _free_port, _wait_healthy
-
-    directory = Path(str(tmp_path))
-    port, admin = _free_port(), _free_port()
-    config = directory / "gateway.yaml"
+    port, admin = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
     config.write_text(gateway_yaml(
         backend.url, {"keys": [make_signer("ES256").public_jwk]},
-        client=_legacy("client_secret_basic", TOMORROW),
-        extra=f"\nlisten: {{host: 127.0.0.1, port: {port}}}\n"
-              f"admin: {{host: 127.0.0.1, port: {admin}}}\n"))
-    env = {**os.environ, "CI_SECRET": "report-test-secret"}
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                            cwd=root, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
+        client=_legacy("client_secret_basic", TOMORROW), extra=listeners(port, admin)))
+    env = {"CI_SECRET": "report-test-secret"}
+    async with serving(config, port, admin, env) as served:
         async with aiohttp.ClientSession() as session:
-            await _wait_healthy(session, admin)
             for _ in range(3):
-                async with session.post(f"http://127.0.0.1:{port}/oauth2/token",
+                async with session.post(served.token_url,
                                         data={"grant_type": "client_credentials"},
                                         headers={"Authorization": _basic(CLIENT, "s")}) as r:
                     assert r.status == 200
@@ -165,22 +152,17 @@ async def test_report_lists_clients_still_on_secrets_from_metrics(
             subprocess.run,
             [sys.executable, "-m", "gateway", "report", "--config", str(config), "--metrics",
              f"http://127.0.0.1:{admin}/metrics", "--json"],
-            capture_output=True, text=True, timeout=60, cwd=root, env=env)
-        assert result.returncode == 0, result.stderr
-        [row] = json.loads(result.stdout)
-        assert row["client"] == CLIENT and row["secret_requests"] == {"client_secret_basic": 3}
-        assert row["until"] == TOMORROW.isoformat() and row["days_left"] == 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert row["client"] == CLIENT and row["secret_requests"] == {"client_secret_basic": 3}
+    assert row["until"] == TOMORROW.isoformat() and row["days_left"] == 1
 
 
-def test_check_explains_the_risk_of_assertion_reuse(tmp_path: object) -> None:
-    from pathlib import Path
-
+def test_check_explains_the_risk_of_assertion_reuse(tmp_path: Path) -> None:
     text = gateway_yaml("http://127.0.0.1:1", {"keys": [make_signer("ES256").public_jwk]},
                         client="allow_assertion_reuse: true")
-    settings = parse_settings(text, base_dir=Path(str(tmp_path)), env={"CI_SECRET": "x"})
+    settings = parse_settings(text, base_dir=tmp_path, env={"CI_SECRET": "x"})
     [message] = [m for path, m in lint_settings(settings)
                  if path == "clients.ci-pipeline.allow_assertion_reuse"]
     assert "replayed" in message and "max_lifetime" in message
