@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from gateway.config import load_settings
 from gateway.mint import generate_key, load_private_key
 from gateway.runtime import build_runtime
 from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, gateway_yaml
+from tests.support.serving import free_port, wait_healthy
 from tests.support.tokens import Signer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +44,6 @@ POST_CLIENT = "hygiene-post"  # client_secret_post, secret from secret_file
 ENV_SECRET = "envsecret-" + secrets.token_hex(12)
 FILE_SECRET = "filesecret-" + secrets.token_hex(12)
 STEP_TIMEOUT = 5.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _signer(alg: str, kid: str) -> tuple[Signer, str, str]:
@@ -126,22 +120,9 @@ async def _start_backend() -> tuple[web.AppRunner, int]:
     app.router.add_route("*", "/{tail:.*}", answer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, port
-
-
-async def _wait_healthy(http: aiohttp.ClientSession, admin: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            async with http.get(f"http://127.0.0.1:{admin}/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        assert time.monotonic() < deadline, "serve did not start"
-        await asyncio.sleep(0.05)
 
 
 async def _drive(session: Session, proc: subprocess.Popen[bytes], config: Path,
@@ -149,7 +130,7 @@ async def _drive(session: Session, proc: subprocess.Popen[bytes], config: Path,
                  valid_config: str) -> None:
     timeout = aiohttp.ClientTimeout(total=STEP_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        await _wait_healthy(http, admin)
+        await wait_healthy(http, admin)
         drive = Driver(session, http, port, signers[BASIC_CLIENT])
         accepted = drive.assertion()
         await drive.token("accepted basic", accepted)
@@ -211,7 +192,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     post, post_pem, post_d = _signer("ES256", "hygiene-post")
     signers = {BASIC_CLIENT: basic, POST_CLIENT: post}
     (tmp / "post.secret").write_text(FILE_SECRET + "\n")
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     found = Session()
     for name, secret in (("env secret", ENV_SECRET), ("file secret", FILE_SECRET)):
         found.forbidden[name] = secret
