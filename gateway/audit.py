@@ -66,10 +66,6 @@ class AuditLog:
         self._second = -1
         self._second_text = ""
 
-    @property
-    def enabled(self) -> bool:
-        return self._stream is not None
-
     def write(self, record: AuditRecord) -> None:
         if self._stream is None:
             return

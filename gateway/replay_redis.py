@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import heapq
 import math
 import re
 import secrets
@@ -38,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .errors import TemporarilyUnavailable
-from .replay import ReplayLedger, ledger_key
+from .replay import ExpiringKeys, ReplayLedger, ledger_key
 
 KEY_PREFIX = "pkjwt:jti:"
 MIN_TTL_MS = 1000
@@ -251,32 +250,21 @@ class _RecentJtis:
 
     def __init__(self, max_entries: int) -> None:
         self._max_entries = max_entries
-        self._expiry: dict[bytes, float] = {}
-        self._heap: list[tuple[float, bytes]] = []
+        self._keys = ExpiringKeys()
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._keys)
 
     def seen(self, key: bytes, now: float) -> bool:
-        self._purge(now)
-        return key in self._expiry
+        return self._keys.live(key, now)
 
     def remember(self, key: bytes, expires_at: float, now: float) -> None:
-        self._purge(now)
-        if expires_at > now and len(self._expiry) < self._max_entries:
-            self._expiry[key] = max(expires_at, self._expiry.get(key, expires_at))
-            heapq.heappush(self._heap, (self._expiry[key], key))
-
-    def _purge(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            expires_at, key = heapq.heappop(heap)
-            if self._expiry.get(key) == expires_at:
-                del self._expiry[key]
+        self._keys.purge(now)
+        if expires_at > now and len(self._keys) < self._max_entries:
+            self._keys.add(key, expires_at)
 
     def clear(self) -> None:
-        self._expiry.clear()
-        self._heap.clear()
+        self._keys.clear()
 
 
 class TieredReplayLedger:

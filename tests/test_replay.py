@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.errors import TemporarilyUnavailable
-from gateway.replay import MemoryReplayLedger, ReplayLedger, ledger_key
+from gateway.replay import ExpiringKeys, MemoryReplayLedger, ReplayLedger, ledger_key
 
 
 class LedgerContract:
@@ -94,3 +94,14 @@ async def test_a_full_memory_ledger_refuses_rather_than_forgetting_live_entries(
 def test_memory_ledger_needs_a_positive_bound() -> None:
     with pytest.raises(ValueError):
         MemoryReplayLedger(max_entries=0)
+
+
+def test_expiring_keys_keep_the_later_expiry_and_report_what_expires() -> None:
+    dropped: list[bytes] = []
+    keys = ExpiringKeys(on_expire=dropped.append)
+    keys.add(b"a", 10.0)
+    keys.add(b"a", 20.0)  # re-added for longer: the first heap entry must not drop it
+    keys.add(b"b", 5.0)
+    assert keys.live(b"a", 15.0) and not keys.live(b"b", 15.0)
+    assert dropped == [b"b"]
+    assert not keys.live(b"a", 20.0) and dropped == [b"b", b"a"] and len(keys) == 0
