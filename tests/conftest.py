@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 
 from gateway.app import Gateway, create_gateway
 from gateway.config import parse_settings
+from tests.support.redis_servers import Server, Servers
 from tests.support.tokens import Signer, make_signer
 
 ISSUER = "https://idp.example.test"
@@ -167,3 +168,22 @@ async def start_gateway(
 @pytest.fixture
 async def gw(start_gateway: GatewayFactory) -> Running:
     return await start_gateway()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """redis-server processes of this test's own, all killed (and checked) at teardown."""
+    (tmp_path / "redis").mkdir()
+    owned = Servers(tmp_path / "redis")
+    yield owned
+    assert owned.stop_all() == [], "redis-server processes left behind"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    """A 3-master Redis Cluster shared by one test module."""
+    owned = Servers(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield owned.start_cluster(3)
+    finally:
+        assert owned.stop_all() == [], "redis-server processes left behind"

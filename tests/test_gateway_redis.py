@@ -70,23 +70,6 @@ def token_form(token: str) -> dict[str, str]:
             "client_assertion": token}
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    (tmp_path / "redis").mkdir()
-    owned = Servers(tmp_path / "redis")
-    yield owned
-    assert owned.stop_all() == [], "redis-server processes left behind"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
-    owned = Servers(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield owned.start_cluster(3)
-    finally:
-        assert owned.stop_all() == [], "redis-server processes left behind"
-
-
 # --- one gateway in process: faults and recovery -------------------------------------------
 
 

@@ -14,7 +14,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -107,22 +106,6 @@ class PrefixedLedger:
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    owned = Servers(tmp_path)
-    yield owned
-    assert owned.stop_all() == [], "redis-server processes left behind"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
-    owned = Servers(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield owned.start_cluster(3)
-    finally:
-        assert owned.stop_all() == [], "redis-server processes left behind"
 
 
 @pytest.fixture(scope="module")
