@@ -16,14 +16,16 @@ demo: $(VENV)/.installed
 
 test: lint typecheck pytest
 
+# ruff, then the import contracts of docs/architecture.md (pyproject.toml [tool.importlinter]).
 lint: $(VENV)/.installed
 	$(BIN)/ruff check gateway tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 # The property tests with a larger budget than CI's (FUZZ_EXAMPLES=150 there).
 fuzz: $(VENV)/.installed

@@ -1,5 +1,5 @@
 """``python -m gateway``: the same command line as ``pkjwt-gateway``."""
 
-from .cli import main
+from gateway.cli.main import main
 
 raise SystemExit(main())

@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from gateway.app import Gateway, create_gateway
-from gateway.config import parse_settings
+from gateway.config.settings import parse_settings
+from gateway.web.app import Gateway, create_gateway
 from tests.support.redis_servers import Server, Servers
 from tests.support.tokens import Signer, make_signer
 

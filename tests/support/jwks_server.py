@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from gateway.config import JwksFetchSettings
+from gateway.config.settings import JwksFetchSettings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 

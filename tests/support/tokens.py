@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from gateway.keyset import JWS_ALGORITHMS, KeySet, prepare_keyset
-from gateway.mint import generate_key, load_private_key
+from gateway.cli.mint import generate_key, load_private_key
+from gateway.core.keyset import JWS_ALGORITHMS, KeySet, prepare_keyset
 
 NOW: Final = 1_750_000_000.0
 CLIENT_ID: Final = "client-a"

@@ -1,0 +1,218 @@
+"""The prepared view of the settings the hot path reads: clients, keys, policies, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from datetime import time as datetime_time
+from email.utils import format_datetime
+from typing import Any
+
+import aiohttp
+
+from gateway.adapters.remote_keys import RemoteKeySource
+from gateway.adapters.replay_redis import build_redis_ledger
+from gateway.config.errors import ConfigError
+from gateway.config.settings import Settings
+from gateway.core.assertion import AssertionPolicy
+from gateway.core.backend_auth import BackendCredential
+from gateway.core.keyset import prepare_keyset
+from gateway.core.keysource import KeySource, StaticKeySource
+from gateway.core.replay import MemoryReplayLedger, ReplayLedger
+
+# The in-process tier in front of Redis only saves round trips: it need not hold everything.
+LOCAL_TIER_MAX_ENTRIES = 100_000
+FetchHook = Callable[[str, str], None]
+KeysHook = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyPolicy:
+    """Shared-secret methods a client may still use, and until when (epoch seconds)."""
+
+    methods: frozenset[str]
+    deadline: float | None  # the first moment refused: the day after `until`, 00:00 UTC
+    sunset: str | None  # that moment as an HTTP-date, for the Sunset header (RFC 8594)
+    # RFC 9745 Deprecation date: deprecated as of the configuration that allowed it.
+    deprecation: str = ""
+
+
+def _legacy_policy(settings: Settings, client_id: str) -> LegacyPolicy | None:
+    legacy = settings.clients[client_id].legacy_auth
+    if legacy is None:
+        return None
+    since = f"@{int(time.time())}"
+    if legacy.until is None:
+        return LegacyPolicy(frozenset(legacy.allow), None, None, since)
+    end = datetime.combine(legacy.until + timedelta(days=1), datetime_time(), UTC)
+    return LegacyPolicy(frozenset(legacy.allow), end.timestamp(),
+                        format_datetime(end, usegmt=True), since)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRuntime:
+    """One configured client, ready to verify: keys, policy per endpoint, backend credential."""
+
+    client_id: str
+    keys: KeySource
+    policies: Mapping[str, AssertionPolicy]
+    credential: BackendCredential
+    allow_reuse: bool = False  # the byte-identical assertion may be sent again
+    legacy: LegacyPolicy | None = None  # migration mode: shared secrets still accepted
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    clients: Mapping[str, ClientRuntime]
+    endpoints: frozenset[str]
+    passthrough: frozenset[str]
+
+    def sources(self) -> list[KeySource]:
+        return [client.keys for client in self.clients.values()]
+
+    def keys_settled(self) -> bool:
+        """Every key source has keys or has failed its first fetch (what /readyz waits for)."""
+        return all(source.settled() for source in self.sources())
+
+
+class RuntimeSlot:
+    """The runtime in force. A reload swaps it whole; a request reads it once and keeps it."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteKeys:
+    """What building a runtime needs to create remote key sources."""
+
+    session: aiohttp.ClientSession
+    on_fetch: FetchHook | None = None
+    on_keys: KeysHook | None = None
+
+
+def _policies(settings: Settings, client_id: str) -> dict[str, AssertionPolicy]:
+    policy = settings.effective_policy(client_id)
+    base = settings.public_base()
+    policies = {}
+    for path in settings.endpoints:
+        audiences = {settings.issuer}
+        if policy.audience == "compat":
+            audiences.add(base + path)
+        policies[path] = AssertionPolicy(
+            client_id=client_id,
+            algorithms=frozenset(policy.algorithms),
+            audiences=frozenset(audiences),
+            max_lifetime=policy.max_lifetime,
+            clock_skew=policy.clock_skew,
+            require_typ=policy.require_typ,
+        )
+    return policies
+
+
+def _key_source(
+    settings: Settings, client_id: str, remote: RemoteKeys | None,
+    previous: Mapping[str, KeySource],
+) -> KeySource | None:
+    """The client's key source: imported now, reused from the last runtime, or remote.
+
+    Raises ValueError for a key set that cannot be imported.
+    """
+    client = settings.clients[client_id]
+    if client.jwks_uri is None:
+        kind = "jwks_file" if client.jwks_file else "jwks"
+        return StaticKeySource(prepare_keyset(client.jwks_keys or ()), kind)
+    if remote is None:
+        return None
+    old = previous.get(client_id)
+    # A reload keeps a warm cache when neither the address nor the fetch rules changed.
+    if (isinstance(old, RemoteKeySource) and old.uri == client.jwks_uri
+            and old.settings == settings.jwks_fetch):
+        return old
+    return RemoteKeySource(client_id, client.jwks_uri, settings.jwks_fetch, remote.session,
+                           on_fetch=remote.on_fetch, on_keys=remote.on_keys)
+
+
+def build_runtime(
+    settings: Settings, *, remote: RemoteKeys | None = None, previous: Runtime | None = None
+) -> Runtime:
+    """Import every key and prepare every policy once; disabled clients are left out.
+
+    Without ``remote`` (a configuration check), clients with a jwks_uri are validated but
+    not served. Raises ConfigError for a key set that cannot be imported.
+    """
+    clients: dict[str, ClientRuntime] = {}
+    problems: list[tuple[str, str]] = []
+    old_sources = {cid: c.keys for cid, c in previous.clients.items()} if previous else {}
+    for client_id, client in settings.clients.items():
+        if not client.enabled:
+            continue
+        try:
+            keys = _key_source(settings, client_id, remote, old_sources)
+        except ValueError as exc:  # structurally fine, cryptographically not (an off-curve point)
+            kind = "jwks_file" if client.jwks_file else "jwks"
+            problems.append((f"clients.{client_id}.{kind}", str(exc)))
+            continue
+        if keys is None:
+            continue
+        auth = client.backend_auth
+        clients[client_id] = ClientRuntime(
+            client_id=client_id,
+            keys=keys,
+            policies=_policies(settings, client_id),
+            credential=BackendCredential(client_id, auth.method, auth.secret_value()),
+            allow_reuse=client.allow_assertion_reuse,
+            legacy=_legacy_policy(settings, client_id),
+        )
+    if problems:
+        raise ConfigError(problems)
+    return Runtime(
+        settings=settings,
+        clients=clients,
+        endpoints=frozenset(settings.endpoints),
+        passthrough=frozenset(settings.passthrough),
+    )
+
+
+async def start_sources(runtime: Runtime, previous: Runtime | None = None) -> None:
+    """Start the sources this runtime added (concurrently, without waiting for fetches)."""
+    running = {id(source) for source in previous.sources()} if previous else set()
+    await asyncio.gather(*(s.start() for s in runtime.sources() if id(s) not in running))
+
+
+async def close_sources(runtime: Runtime, keep: Runtime | None = None) -> None:
+    """Close the sources of ``runtime`` that ``keep`` no longer uses."""
+    kept = {id(source) for source in keep.sources()} if keep else set()
+    await asyncio.gather(*(s.close() for s in runtime.sources() if id(s) not in kept))
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def build_ledger(settings: Settings) -> ReplayLedger:
+    """The replay ledger the settings ask for (Redis is connected lazily, on first use).
+
+    Raises ValueError for an inconsistent Redis topology, OSError for an unreadable
+    password file.
+    """
+    replay = settings.replay
+    if replay.store == "memory":
+        return MemoryReplayLedger(replay.max_entries)
+    common: dict[str, Any] = {
+        "username": replay.redis_username, "password": replay.password_value(),
+        "timeout": replay.timeout, "max_connections": replay.redis_max_connections,
+        "local_max_entries": min(replay.max_entries, LOCAL_TIER_MAX_ENTRIES)}
+    if replay.redis_sentinels:
+        return build_redis_ledger(
+            sentinels=[_host_port(node) for node in replay.redis_sentinels],
+            sentinel_master=replay.redis_sentinel_master, **common)
+    if replay.redis_cluster_nodes:
+        return build_redis_ledger(
+            cluster_nodes=[_host_port(node) for node in replay.redis_cluster_nodes], **common)
+    return build_redis_ledger(url=replay.redis_url, **common)

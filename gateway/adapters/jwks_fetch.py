@@ -1,0 +1,224 @@
+"""Fetching a client's JWKS over HTTP: the shared session, limits, redirects, parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from yarl import URL
+
+from gateway.adapters.jwks_cache import (
+    cache_lifetime as cache_lifetime,  # part of this module's API
+)
+from gateway.adapters.jwks_guard import ForbiddenAddress, GuardedResolver, check_literal_host
+from gateway.config.settings import JwksFetchSettings
+from gateway.core.jwkset import filter_public_jwks
+from gateway.core.keyset import KeySet, prepare_keyset
+
+# Every value a fetch reports (the `result` metric label): "ok", "not_modified", or a reason.
+FETCH_RESULTS = frozenset({
+    "ok", "not_modified", "timeout", "connect_error", "forbidden_address", "bad_status",
+    "bad_content_type", "too_large", "bad_document", "no_usable_key", "redirect_refused",
+    "tls_error", "http_refused",
+})
+MAX_REDIRECTS = 3
+MAX_ETAG_LENGTH = 256  # an entity tag is echoed back in If-None-Match: keep it short
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_JSON_TYPES = frozenset({"application/json", "application/jwk-set+json"})
+_REQUEST_HEADERS = {"Accept": "application/jwk-set+json, application/json;q=0.9",
+                    "User-Agent": "pkjwt-gateway"}
+
+
+class JwksFetchError(Exception):
+    """A failed fetch: `reason` is one of FETCH_RESULTS, `detail` is for logs only."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """One successful answer: a new key set (200) or confirmation of the held one (304)."""
+
+    not_modified: bool
+    keys: tuple[dict[str, Any], ...]  # the usable public JWKs; empty when not_modified
+    etag: str | None
+    lifetime: float                   # seconds, already clamped to [min_ttl, max_ttl]
+    keyset: KeySet | None = None      # `keys` imported once; None when not_modified
+    problems: tuple[str, ...] = ()    # why keys of the document were skipped (no key material)
+
+
+def loggable_uri(uri: str) -> str:
+    """Scheme, host, port and path of `uri`: query strings and user info can carry secrets."""
+    try:
+        url = URL(uri)
+        return str(url.with_user(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        return "<invalid uri>"
+
+
+def new_jwks_session(
+    settings: JwksFetchSettings, *, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
+    """The one session for all JWKS fetches: guarded resolver, trust store plus ca_file.
+
+    `resolver` replaces the threaded system resolver under the guard (tests use it to
+    point a name at loopback). Call it inside the running loop; the caller closes it.
+    Raises OSError or ssl.SSLError when ca_file cannot be loaded.
+    """
+    context = ssl.create_default_context()
+    if settings.ca_file is not None:
+        context.load_verify_locations(cafile=settings.ca_file)
+    guarded = GuardedResolver(resolver if resolver is not None else aiohttp.ThreadedResolver(),
+                              allow_private_networks=settings.allow_private_networks)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(resolver=guarded, ssl=context),
+        timeout=aiohttp.ClientTimeout(total=settings.timeout, connect=settings.timeout),
+        headers=_REQUEST_HEADERS,
+        cookie_jar=aiohttp.DummyCookieJar(),  # one client's key server must not see another's
+        trust_env=False,  # a proxy from the environment would connect for us, past the guard
+    )
+
+
+async def fetch_jwks(
+    session: aiohttp.ClientSession, uri: str, settings: JwksFetchSettings, etag: str | None,
+    *, clock: Callable[[], float] = time.time,
+) -> FetchResult:
+    """Fetch and validate the JWKS at `uri`, conditionally when `etag` is given.
+
+    The whole exchange (redirects and body included) gets settings.timeout.
+    Raises JwksFetchError whose reason is in FETCH_RESULTS (never "ok"/"not_modified").
+    """
+    try:
+        async with asyncio.timeout(settings.timeout):
+            return await _follow(session, URL(uri), settings, etag, clock)
+    except JwksFetchError:
+        raise
+    except TimeoutError as exc:  # aiohttp's own timeouts derive from it too
+        raise JwksFetchError("timeout", f"no complete answer within {settings.timeout}s") from exc
+    except ForbiddenAddress as exc:
+        raise JwksFetchError("forbidden_address", str(exc)) from exc
+    except aiohttp.ClientConnectorDNSError as exc:
+        if isinstance(exc.os_error, ForbiddenAddress):
+            raise JwksFetchError("forbidden_address", str(exc.os_error)) from exc
+        raise JwksFetchError("connect_error", f"name resolution failed ({exc.os_error})") from exc
+    except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+        raise JwksFetchError("tls_error", type(exc).__name__) from exc
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        raise JwksFetchError("connect_error", type(exc).__name__) from exc
+
+
+async def _follow(
+    session: aiohttp.ClientSession, url: URL, settings: JwksFetchSettings, etag: str | None,
+    clock: Callable[[], float],
+) -> FetchResult:
+    origin = (url.scheme, url.host, url.port)
+    headers = {"If-None-Match": etag} if etag is not None else {}
+    for _ in range(MAX_REDIRECTS + 1):
+        _check_target(url, settings)
+        async with session.get(url, headers=headers, allow_redirects=False) as response:
+            if response.status not in _REDIRECT_STATUSES:
+                return await _read_answer(response, settings, etag, clock)
+            location = response.headers.get("Location")
+            if location is None:
+                raise JwksFetchError("bad_status", f"HTTP {response.status} without Location")
+            try:
+                url = url.join(URL(location))
+            except ValueError as exc:
+                raise JwksFetchError("redirect_refused", "unparsable Location") from exc
+            # Another host could be anything, including an internal one: same origin only.
+            if (url.scheme, url.host, url.port) != origin:
+                raise JwksFetchError("redirect_refused", f"to another origin {url.origin()}")
+    raise JwksFetchError("redirect_refused", f"more than {MAX_REDIRECTS} redirects")
+
+
+def _check_target(url: URL, settings: JwksFetchSettings) -> None:
+    if url.scheme != "https" and not (url.scheme == "http" and settings.allow_http):
+        raise JwksFetchError("http_refused", f"scheme {url.scheme[:10]!r} is not allowed")
+    check_literal_host(url.raw_host or "", allow_private_networks=settings.allow_private_networks)
+
+
+async def _read_answer(
+    response: aiohttp.ClientResponse, settings: JwksFetchSettings, etag: str | None,
+    clock: Callable[[], float],
+) -> FetchResult:
+    if response.status == 304 and etag is not None:
+        return FetchResult(not_modified=True, keys=(),
+                           etag=_entity_tag(response.headers.get("ETag")) or etag,
+                           lifetime=cache_lifetime(response.headers, clock(), settings))
+    if response.status != 200:
+        raise JwksFetchError("bad_status", f"HTTP {response.status}")
+    content_type = response.headers.get("Content-Type")
+    if not is_json_media_type(content_type):
+        raise JwksFetchError("bad_content_type", f"{(content_type or '')[:60]!r}")
+    if response.content_length is not None and response.content_length > settings.max_bytes:
+        raise JwksFetchError("too_large", f"Content-Length {response.content_length}")
+    body = await _read_limited(response.content, settings.max_bytes)
+    keys, keyset, problems = parse_jwks_document(body)
+    return FetchResult(not_modified=False, keys=keys,
+                       etag=_entity_tag(response.headers.get("ETag")),
+                       lifetime=cache_lifetime(response.headers, clock(), settings),
+                       keyset=keyset, problems=problems)
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """application/json, application/jwk-set+json or any application/...+json (parameters ok)."""
+    if content_type is None:
+        return False
+    mime = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = mime.partition("/")
+    return mime in _JSON_TYPES or (kind == "application" and subtype.endswith("+json")
+                                   and len(subtype) > len("+json"))
+
+
+def _entity_tag(value: str | None) -> str | None:
+    return value if value and len(value) <= MAX_ETAG_LENGTH else None
+
+
+async def _read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    # Read past the limit by one byte at most, so a chunked or lying body never fills memory.
+    body = bytearray()
+    while chunk := await stream.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise JwksFetchError("too_large", f"body exceeds {limit} bytes")
+    return bytes(body)
+
+
+def parse_jwks_document(
+    body: bytes,
+) -> tuple[tuple[dict[str, Any], ...], KeySet, tuple[str, ...]]:
+    """The usable keys of a JWKS body, imported, and why the others were skipped.
+
+    Keys are filtered exactly like configured ones (jwkset, then keyset).
+    Raises JwksFetchError bad_document (not a JSON JWK Set) or no_usable_key.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # deep nesting fits in max_bytes
+        raise JwksFetchError("bad_document", "not JSON") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise JwksFetchError("bad_document", "not a JWK Set (an object with a 'keys' list)")
+    kept, found = filter_public_jwks(document, "jwks")
+    problems = [f"{path}: {message}" for path, message in found]
+    usable: list[dict[str, Any]] = []
+    for index, key in enumerate(kept):
+        try:
+            prepare_keyset([key])
+        except ValueError as exc:  # structurally fine, cryptographically not
+            reason = str(exc).removeprefix("key 0: ")
+            problems.append(f"jwks: structurally valid key {index}: {reason}")
+        else:
+            usable.append(key)
+    if not usable:
+        raise JwksFetchError("no_usable_key", "; ".join(problems[:3]))
+    return tuple(usable), prepare_keyset(usable), tuple(problems)

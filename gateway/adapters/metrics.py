@@ -1,0 +1,103 @@
+"""Prometheus metrics of the gateway, in a registry the app owns (labels from bounded sets only)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway import __version__
+
+# Verification takes tens to hundreds of µs; the default buckets start at 5 ms.
+VERIFICATION_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                        0.02, 0.05, 0.1)
+# A replay check is a dict lookup (memory) or a loopback round trip (Redis, ~150 µs) up to
+# the 250 ms default budget.
+REPLAY_CHECK_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                        0.025, 0.05, 0.1, 0.25)
+BACKEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UNKNOWN_CLIENT = "unknown"
+# Where worker processes keep their metric files (prometheus-client multiprocess mode).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FETCH_SUCCESS = frozenset({"ok", "not_modified"})
+
+
+def status_class(status: int) -> str:
+    """'2xx' .. '5xx'; anything else is 'other'."""
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports; one instance per app, with its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.client_auth = Counter(
+            "pkjwt_client_auth_total", "Client authentication decisions.",
+            ("client", "endpoint", "result", "reason", "method"), registry=r)
+        self.verification_seconds = Histogram(
+            "pkjwt_verification_seconds", "Time to parse and verify one client assertion.",
+            buckets=VERIFICATION_BUCKETS, registry=r)
+        self.replay_checks = Counter(
+            "pkjwt_replay_checks_total", "Replay ledger checks.", ("store", "result"), registry=r)
+        self.replay_check_seconds = Histogram(
+            "pkjwt_replay_check_seconds", "Time of one replay ledger check, failures included.",
+            ("store",), buckets=REPLAY_CHECK_BUCKETS, registry=r)
+        self.jwks_fetch = Counter(
+            "pkjwt_jwks_fetch_total", "Remote JWKS fetches.", ("client", "result"), registry=r)
+        # Gauges say how worker processes combine under multiprocess mode.
+        self.jwks_keys = Gauge(
+            "pkjwt_jwks_keys", "Usable verification keys per client.", ("client",), registry=r,
+            multiprocess_mode="max")
+        self.jwks_last_success = Gauge(
+            "pkjwt_jwks_last_success_timestamp_seconds",
+            "Unix time of the last good fetch of a client's remote key set.", ("client",),
+            registry=r, multiprocess_mode="max")
+        self.config_reloads = Counter(
+            "pkjwt_config_reloads_total", "Configuration reloads.", ("result",), registry=r)
+        for result in ("ok", "refused"):  # present at 0, so increase() sees the first one
+            self.config_reloads.labels(result)
+        self.in_flight = Gauge(
+            "pkjwt_in_flight_requests", "Requests being handled.", registry=r,
+            multiprocess_mode="livesum")
+        self.backend_requests = Counter(
+            "pkjwt_backend_requests_total", "Requests forwarded to the backend.",
+            ("endpoint", "status_class"), registry=r)
+        self.backend_seconds = Histogram(
+            "pkjwt_backend_seconds", "Backend answer time (to the response headers).",
+            ("endpoint",), buckets=BACKEND_BUCKETS, registry=r)
+        self.build_info = Gauge(
+            "pkjwt_build_info", "Build information.", ("version",), registry=r,
+            multiprocess_mode="max")
+        self.build_info.labels(version=__version__).set(1)
+        # labels() validates and locks on every call; the label sets are bounded, so the
+        # children are looked up once and kept.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def count_fetch(self, client: str, result: str) -> None:
+        self._child(self.jwks_fetch, client, result).inc()
+        if result in FETCH_SUCCESS:
+            self._child(self.jwks_last_success, client).set(time.time())
+
+    def count_auth(self, client: str, endpoint: str, result: str, reason: str,
+                   method: str = "private_key_jwt") -> None:
+        self._child(self.client_auth, client, endpoint, result, reason, method).inc()
+
+    def count_replay_check(self, store: str, result: str, seconds: float) -> None:
+        """One ledger check: ``result`` is fresh, replayed or error."""
+        self._child(self.replay_checks, store, result).inc()
+        self._child(self.replay_check_seconds, store).observe(seconds)
+
+    def observe_backend(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """One backend exchange: ``outcome`` is a status class or ``error``."""
+        self._child(self.backend_requests, endpoint, outcome).inc()
+        self._child(self.backend_seconds, endpoint).observe(seconds)

@@ -1,0 +1,110 @@
+"""The backend side: forward an approved request over the pool and relay the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.adapters.backend_client import (
+    BackendClient,
+    BackendReply,
+    BackendTimeout,
+    BackendUnavailable,
+)
+from gateway.config.settings import BackendSettings
+from gateway.core.errors import BadGateway, GatewayTimeout, InvalidRequest
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus fields the gateway recomputes itself.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+     "te", "trailer", "transfer-encoding", "upgrade"}
+)
+# Expect: 100-continue was answered by our own server already; the backend gets the whole body.
+_RECOMPUTED = frozenset({"host", "content-length", "expect"})
+_REPLY_SKIP = HOP_BY_HOP | {"content-length"}
+# Node's http server (many IdPs) closes idle connections after 5 s, and a POST is never retried
+# on a stale connection: keep our idle time below the backend's.
+DEFAULT_BACKEND_KEEPALIVE = 4.0
+
+
+def _connection_named(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+def skipped_request_headers(extra: Iterable[str] = ()) -> frozenset[str]:
+    """Lower-cased names never copied from the inbound request (built once per route kind)."""
+    return HOP_BY_HOP | _RECOMPUTED | {name.lower() for name in extra}
+
+
+def forwarded_request_headers(
+    request: web.Request, *, skip: frozenset[str], request_id: str
+) -> list[tuple[str, str]]:
+    """The inbound headers minus ``skip`` and Connection-named ones, plus X-Forwarded-*."""
+    inbound = request.headers
+    connection = inbound.getall("Connection", ())
+    if connection:
+        skip = skip | _connection_named(connection)
+    headers = [(name, value) for name, value in inbound.items() if name.lower() not in skip]
+    peer = request.remote or ""
+    prior = inbound.get("X-Forwarded-For")
+    headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+    headers.append(("X-Forwarded-Proto", request.scheme))
+    host = inbound.get("Host")
+    if host:  # never the listener's own address, which request.host falls back to
+        headers.append(("X-Forwarded-Host", host))
+    headers.append(("X-Request-Id", request_id))
+    return headers
+
+
+def _reply_headers(reply: BackendReply, request_id: str) -> CIMultiDict[str]:
+    skip = _REPLY_SKIP
+    connection = [value for name, value in reply.headers if name.lower() == "connection"]
+    if connection:
+        skip = skip | _connection_named(connection)
+    headers = CIMultiDict([(n, v) for n, v in reply.headers if n.lower() not in skip])
+    headers["X-Request-Id"] = request_id
+    return headers
+
+
+class Upstream:
+    """Forwards requests to the backend over one keep-alive connection pool.
+
+    Replies are relayed whole, up to the client's reply limit: token, introspection and
+    discovery answers are small, and a bounded buffer keeps a misbehaving backend from
+    holding unbounded memory or a client connection open.
+    """
+
+    def __init__(self, client: BackendClient) -> None:
+        self._client = client
+
+    async def forward(
+        self, method: str, path_qs: str, headers: list[tuple[str, str]], body: bytes,
+        *, request_id: str,
+    ) -> tuple[web.Response, int]:
+        """Send one request and build the relayed answer; returns it with the backend status.
+
+        Raises BadGateway when the backend refuses, drops the connection or answers with
+        something that is not HTTP; GatewayTimeout when it does not answer in time.
+        """
+        try:
+            reply = await self._client.request(method, path_qs, headers, body)
+        except BackendTimeout as exc:
+            raise GatewayTimeout("backend_timeout", str(exc)) from exc
+        except BackendUnavailable as exc:
+            raise BadGateway("backend_unreachable", str(exc)) from exc
+        except ValueError as exc:  # a header or path that cannot be sent safely
+            raise InvalidRequest("unforwardable", str(exc)[:120]) from exc
+        response = web.Response(status=reply.status, reason=reply.reason or None,
+                                headers=_reply_headers(reply, request_id), body=reply.body)
+        return response, reply.status
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def new_upstream(settings: BackendSettings) -> Upstream:
+    """The backend connection pool for the settings (created inside the running loop)."""
+    return Upstream(BackendClient(settings.url, timeout=settings.timeout,
+                                  keepalive=DEFAULT_BACKEND_KEEPALIVE))

@@ -1,0 +1,1 @@
+"""The command line: verbs, the supervisor of worker processes, and the demo."""

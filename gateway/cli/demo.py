@@ -1,0 +1,117 @@
+"""``pkjwt-gateway demo``: a legacy IdP, the gateway and a client on loopback, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import secrets
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote_plus
+
+import aiohttp
+from aiohttp import web
+
+from gateway.cli.mint import generate_key, load_private_key, mint_assertion
+from gateway.config.settings import parse_settings
+from gateway.web.app import create_gateway
+
+DEMO_ISSUER = "https://idp.demo.pkjwt.test"
+DEMO_CLIENT = "demo-pipeline"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def legacy_idp(client_id: str, secret: str) -> web.Application:
+    """A stand-in for a legacy IdP that knows only client_secret_basic."""
+
+    async def token(request: web.Request) -> web.Response:
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        given_id, _, given_secret = base64.b64decode(encoded or "Og==").decode().partition(":")
+        form = await request.post()
+        if scheme != "Basic" or (unquote_plus(given_id), unquote_plus(given_secret)) != (
+                client_id, secret):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        if form.get("grant_type") != "client_credentials":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        return web.json_response({"access_token": secrets.token_urlsafe(24),
+                                  "token_type": "Bearer", "expires_in": 300},
+                                 headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", token)
+    return app
+
+
+async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port: int = runner.addresses[0][1]
+    return runner, port
+
+
+def _config(backend_port: int, jwks: dict[str, object]) -> str:
+    return f"""
+issuer: {DEMO_ISSUER}
+backend: {{url: "http://127.0.0.1:{backend_port}", timeout: 5s}}
+endpoints: [/oauth2/token]
+policy: {{algorithms: [ES256], max_lifetime: 120s}}
+clients:
+  {DEMO_CLIENT}:
+    jwks: {json.dumps(jwks)}
+    backend_auth: {{method: client_secret_basic, secret: !env DEMO_BACKEND_SECRET}}
+"""
+
+
+async def _demo(say: Callable[[str], None]) -> int:
+    backend_secret = secrets.token_urlsafe(18)
+    pem, public_jwk = generate_key("ES256", "demo-key-1")
+    key = load_private_key(pem, "ES256")
+    idp, idp_port = await _start(legacy_idp(DEMO_CLIENT, backend_secret))
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = parse_settings(_config(idp_port, {"keys": [public_jwk]}), base_dir=Path(tmp),
+                                  env={"DEMO_BACKEND_SECRET": backend_secret})
+    audit = io.StringIO()
+    gateway = create_gateway(settings, audit_stream=audit)
+    public, public_port = await _start(gateway.public)
+    admin, admin_port = await _start(gateway.admin)
+    url = f"http://127.0.0.1:{public_port}/oauth2/token"
+    try:
+        say(f"legacy IdP on 127.0.0.1:{idp_port}, gateway on 127.0.0.1:{public_port}")
+        assertion = mint_assertion(key, alg="ES256", client_id=DEMO_CLIENT, audience=DEMO_ISSUER,
+                                   lifetime=60, kid="demo-key-1")
+        form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion}
+        async with aiohttp.ClientSession() as client:
+            async with client.post(url, data=form) as first:
+                first_body = await first.json()
+            say(f"1. signed token request        -> {first.status} {json.dumps(first_body)}")
+            async with client.post(url, data=form) as second:
+                second_body = await second.json()
+            say(f"2. same assertion sent again   -> {second.status} {json.dumps(second_body)}")
+            async with client.get(f"http://127.0.0.1:{admin_port}/metrics") as scrape:
+                metrics = await scrape.text()
+        say("audit log:")
+        for line in audit.getvalue().splitlines():
+            say(f"   {line}")
+        say("metrics:")
+        for line in metrics.splitlines():
+            if line.startswith(("pkjwt_client_auth_total", "pkjwt_replay_checks_total")):
+                say(f"   {line}")
+        ok = first.status == 200 and "access_token" in first_body and second.status == 401
+        say("demo: OK" if ok else "demo: FAILED")
+        return 0 if ok else 1
+    finally:
+        for runner in (public, admin, idp):
+            await runner.cleanup()
+
+
+def run_demo(*, quiet: bool = False) -> int:
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, flush=True)
+
+    return asyncio.run(_demo(say))

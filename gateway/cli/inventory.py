@@ -1,0 +1,90 @@
+"""``pkjwt-gateway keys``: every client's key source and keys, fetching remote sets now."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gateway.adapters.jwks_fetch import JwksFetchError, fetch_jwks, loggable_uri, new_jwks_session
+from gateway.config.settings import Settings
+from gateway.core.keyset import KeySet, prepare_keyset
+
+
+@dataclass
+class KeyEntry:
+    kid: str | None
+    kty: str
+    algorithms: list[str]
+    thumbprint: str
+
+
+@dataclass
+class ClientEntry:
+    client: str
+    enabled: bool
+    source: str
+    uri: str | None = None
+    fetched_at: str | None = None
+    cache_expires_at: str | None = None
+    error: str | None = None
+    keys: list[KeyEntry] = field(default_factory=list)
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _entries(keyset: KeySet) -> list[KeyEntry]:
+    return [KeyEntry(key.kid, str(key.key.key_type), sorted(key.algorithms), key.thumbprint)
+            for key in keyset.keys]
+
+
+async def collect_inventory(settings: Settings) -> list[ClientEntry]:
+    """Describe every client's keys; remote sets are fetched concurrently, once each."""
+    session = new_jwks_session(settings.jwks_fetch)
+    try:
+        return list(await asyncio.gather(
+            *(_describe(settings, client_id, session) for client_id in settings.clients)))
+    finally:
+        await session.close()
+
+
+async def _describe(settings: Settings, client_id: str, session: Any) -> ClientEntry:
+    client = settings.clients[client_id]
+    if client.jwks_uri is None:
+        source = "jwks_file" if client.jwks_file else "jwks"
+        entry = ClientEntry(client_id, client.enabled, source)
+        entry.keys = _entries(prepare_keyset(client.jwks_keys or ()))
+        return entry
+    entry = ClientEntry(client_id, client.enabled, "jwks_uri", uri=loggable_uri(client.jwks_uri))
+    started = time.time()
+    try:
+        result = await fetch_jwks(session, client.jwks_uri, settings.jwks_fetch, None)
+    except JwksFetchError as exc:
+        entry.error = exc.reason
+        return entry
+    entry.fetched_at = _iso(started)
+    entry.cache_expires_at = _iso(started + result.lifetime)
+    entry.keys = _entries(result.keyset) if result.keyset is not None else []
+    return entry
+
+
+def render_inventory(entries: list[ClientEntry], *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps([asdict(entry) for entry in entries], indent=2)
+    lines = []
+    for entry in entries:
+        where = f" {entry.uri}" if entry.uri else ""
+        state = "" if entry.enabled else " (disabled)"
+        lines.append(f"{entry.client}{state}: {entry.source}{where}, {len(entry.keys)} key(s)")
+        if entry.fetched_at:
+            lines.append(f"  fetched {entry.fetched_at}, cache expires {entry.cache_expires_at}")
+        if entry.error:
+            lines.append(f"  fetch failed: {entry.error}")
+        for key in entry.keys:
+            lines.append(f"  kid={key.kid or '-'} kty={key.kty} alg={','.join(key.algorithms)}"
+                         f" thumbprint={key.thumbprint}")
+    return "\n".join(lines)

@@ -1,0 +1,383 @@
+"""Configuration: one YAML file to frozen, typed settings, every problem reported at once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from gateway.config.errors import ConfigError
+from gateway.config.types import (
+    FROM_FILE,
+    Algorithms,
+    Audience,
+    ClientId,
+    ClockSkew,
+    Duration,
+    EnvSecret,
+    Host,
+    HostPorts,
+    HttpUrl,
+    Lifetime,
+    Paths,
+    Port,
+    RedisUrl,
+    duration_field,
+)
+
+# Part of this module's public API; defined beside the types that use them.
+from gateway.config.types import (
+    SUPPORTED_ALGORITHMS as SUPPORTED_ALGORITHMS,
+)
+from gateway.config.types import parse_duration as parse_duration
+from gateway.config.yaml_dialect import (
+    ReferencedFiles,
+    client_entries,
+    join_path,
+    parse_yaml,
+    read_secret_file,
+    resolve_file_paths,
+)
+from gateway.core.jwkset import filter_public_jwks
+
+DEFAULT_ALGORITHMS = ("PS256", "ES256", "EdDSA", "RS256")
+DEFAULT_MAX_LIFETIME = 300.0
+DEFAULT_CLOCK_SKEW = 15.0
+DEFAULT_BACKEND_TIMEOUT = 10.0
+DEFAULT_MEMORY_MAX_ENTRIES = 1_000_000
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+Problems = list[tuple[str, str]]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class TlsSettings(_Frozen):
+    cert_file: StrictStr  # PEM chain, leaf first; resolved against the config file's directory
+    key_file: StrictStr
+
+
+class ListenSettings(_Frozen):
+    host: Host = "0.0.0.0"
+    port: Port = 8080
+    # On SIGTERM: stop accepting, then give requests in flight this long to finish.
+    shutdown_grace: Duration = duration_field("15s", gt=0)
+    tls: TlsSettings | None = None  # serve https directly
+
+
+class AdminSettings(_Frozen):
+    host: Host = "127.0.0.1"
+    port: Port = 9100
+
+
+class BackendSettings(_Frozen):
+    url: HttpUrl
+    timeout: Duration = duration_field("10s", gt=0)
+
+
+class PolicySettings(_Frozen):
+    algorithms: Algorithms = DEFAULT_ALGORITHMS
+    max_lifetime: Lifetime = duration_field("300s")
+    clock_skew: ClockSkew = duration_field("15s")
+    audience: Audience = "strict"
+    require_typ: bool = False
+
+
+class JwksFetchSettings(_Frozen):
+    timeout: Duration = duration_field("3s", gt=0)
+    min_ttl: Duration = duration_field("60s", gt=0)
+    max_ttl: Duration = duration_field("24h", gt=0)
+    max_stale: Duration = duration_field("6h", ge=0)
+    unknown_kid_refresh: Duration = duration_field("30s", gt=0)
+    max_bytes: int = Field(default=65_536, gt=0)
+    allow_http: bool = False
+    allow_private_networks: bool = False
+    ca_file: StrictStr | None = None  # resolved against the config file's directory
+    # /readyz waits for every remote key set's first fetch unless this is true.
+    ready_without_keys: bool = False
+
+    @model_validator(mode="after")
+    def _ttl_order(self) -> JwksFetchSettings:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError("min_ttl must not exceed max_ttl")
+        return self
+
+
+class ReplaySettings(_Frozen):
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: RedisUrl = DEFAULT_REDIS_URL
+    # Sentinel (with the master's name) or Cluster instead of one server:
+    redis_sentinels: HostPorts = ()
+    redis_sentinel_master: StrictStr | None = None
+    redis_cluster_nodes: HostPorts = ()
+    redis_username: StrictStr | None = None
+    redis_password: EnvSecret | None = None
+    redis_password_file: StrictStr | None = None
+    redis_max_connections: int = Field(default=64, gt=0, le=10_000)
+    timeout: Duration = duration_field("250ms", gt=0)  # budget of one replay check
+    on_store_error: Literal["reject"] = "reject"
+    max_entries: int = Field(default=DEFAULT_MEMORY_MAX_ENTRIES, gt=0)
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> ReplaySettings:
+        if bool(self.redis_sentinels) != (self.redis_sentinel_master is not None):
+            raise ValueError("redis_sentinels and redis_sentinel_master go together")
+        if self.redis_sentinels and self.redis_cluster_nodes:
+            raise ValueError("choose one of redis_sentinels, redis_cluster_nodes")
+        if self.redis_password is not None and self.redis_password_file is not None:
+            raise ValueError("choose one of redis_password, redis_password_file")
+        return self
+
+    def password_value(self) -> str | None:
+        """The Redis password, from !env or redis_password_file; raises OSError for the file."""
+        if self.redis_password is not None:
+            return self.redis_password.get_secret_value()
+        if self.redis_password_file is not None:
+            return read_secret_file(self.redis_password_file)
+        return None
+
+
+class BucketSettings(_Frozen):
+    rate: float = Field(default=5.0, gt=0, strict=False)  # tokens back per second
+    burst: int = Field(default=50, ge=1)  # failures allowed in a row before slowing down
+
+
+class LimitSettings(_Frozen):
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=1024 * 1024)
+    max_line_size: int = Field(default=8190, ge=256, le=65536)  # request line
+    max_header_size: int = Field(default=8190, ge=256, le=65536)  # one header field
+    max_headers: int = Field(default=64, ge=8, le=1024)
+    body_timeout: Duration = duration_field("10s", gt=0)  # to read a whole body
+    keepalive_timeout: Duration = duration_field("15s", gt=0)  # idle client connections
+    max_in_flight: int = Field(default=1024, ge=1)  # requests handled at once; then 503
+    max_connections: int = Field(default=10_000, ge=1)  # open client connections; then 503
+    # Generous: anyone who knows a client id can spend its budget (a targeted slow-down).
+    failures_per_client: BucketSettings = Field(
+        default_factory=lambda: BucketSettings(rate=5.0, burst=50))
+    # Generous: behind a load balancer many clients may share one address.
+    failures_per_address: BucketSettings = Field(
+        default_factory=lambda: BucketSettings(rate=20.0, burst=200))
+    max_tracked: int = Field(default=100_000, ge=100)  # keys each failure limiter holds
+
+
+class AuditSettings(_Frozen):
+    # "stdout", "off", or a file path (appended to; relative to the config file).
+    output: StrictStr = "stdout"
+
+
+class BackendAuthSettings(_Frozen):
+    method: Literal["client_secret_basic", "client_secret_post", "none"]
+    secret: EnvSecret | None = None
+    secret_file: StrictStr | None = None
+    _file_secret: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> BackendAuthSettings:
+        given = (self.secret is not None) + (self.secret_file is not None)
+        if self.method == "none" and given:
+            raise ValueError("method none sends no secret: remove secret and secret_file")
+        if self.method != "none" and given != 1:
+            raise ValueError(f"method {self.method} needs exactly one of secret, secret_file")
+        return self
+
+    def secret_value(self) -> str | None:
+        """The backend secret, None for method none; raises OSError or ValueError (secret_file)."""
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self._file_secret is None and self.secret_file is not None:
+            self._file_secret = SecretStr(read_secret_file(self.secret_file))
+        return None if self._file_secret is None else self._file_secret.get_secret_value()
+
+
+class LegacyAuthSettings(_Frozen):
+    # Shared-secret methods this client may still use; its requests go to the backend as
+    # they came, and the backend checks the secret.
+    allow: Annotated[tuple[Literal["client_secret_basic", "client_secret_post"], ...],
+                     Field(strict=False, min_length=1)]
+    until: date | None = None  # last day allowed (UTC); from the next day it is refused
+
+
+class ClientSettings(_Frozen):
+    jwks: dict[str, Any] | None = None
+    jwks_file: StrictStr | None = None
+    jwks_uri: HttpUrl | None = None
+    backend_auth: BackendAuthSettings
+    algorithms: Algorithms | None = None
+    max_lifetime: Lifetime | None = None
+    clock_skew: ClockSkew | None = None
+    audience: Audience | None = None
+    require_typ: bool | None = None
+    enabled: bool = True
+    # Accept the byte-identical assertion again until it expires (MSAL re-sends one).
+    allow_assertion_reuse: bool = False
+    legacy_auth: LegacyAuthSettings | None = None
+    _jwks_keys: tuple[dict[str, Any], ...] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ClientSettings:
+        given = [n for n in ("jwks", "jwks_file", "jwks_uri") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"needs exactly one of jwks, jwks_file, jwks_uri (has {len(given)})")
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.jwks is not None:
+            self._jwks_keys = filter_public_jwks(self.jwks, "jwks")[0]
+
+    @property
+    def jwks_keys(self) -> tuple[dict[str, Any], ...] | None:
+        """The usable public JWKs of `jwks` or the read `jwks_file`; None for `jwks_uri`."""
+        return self._jwks_keys
+
+
+class Settings(_Frozen):
+    issuer: HttpUrl
+    public_url: HttpUrl | None = None
+    listen: ListenSettings = Field(default_factory=ListenSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    backend: BackendSettings
+    endpoints: Annotated[Paths, Field(min_length=1)]
+    passthrough: Paths = ()
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    jwks_fetch: JwksFetchSettings = Field(default_factory=JwksFetchSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    clients: Annotated[dict[ClientId, ClientSettings], Field(min_length=1)]
+
+    def effective_policy(self, client_id: str) -> PolicySettings:
+        """The policy with the client's overrides merged in; raises KeyError for an unknown id."""
+        client = self.clients[client_id]
+        overrides = {
+            name: getattr(client, name)
+            for name in PolicySettings.model_fields
+            if getattr(client, name) is not None
+        }
+        return self.policy.model_copy(update=overrides)
+
+    def public_base(self) -> str:
+        """Where clients reach the gateway: public_url or the issuer's origin, no trailing slash."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        parts = urlsplit(self.issuer)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a config file; raises ConfigError listing every problem.
+
+    Relative `jwks_file`, `secret_file` and `ca_file` paths resolve against the
+    file's directory; `!env NAME` reads `env` (default: os.environ).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise ConfigError([("", f"cannot read {path}: {exc}")]) from exc
+    environ = os.environ if env is None else env
+    return parse_settings(text, base_dir=path.resolve().parent, env=environ)
+
+
+def parse_settings(text: str, *, base_dir: Path, env: Mapping[str, str]) -> Settings:
+    """Validate config text as load_settings does; raises ConfigError listing every problem."""
+    data, problems = parse_yaml(text, env)
+    if not isinstance(data, dict):
+        raise ConfigError(problems)
+    resolve_file_paths(data, base_dir)
+    files = ReferencedFiles(data)
+    later = files.problems + _document_problems(data)
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(data, context={FROM_FILE: True})
+    except ValidationError as exc:
+        later = _problems_from(exc) + later
+    # A path the YAML stage already reported (an unset !env, a duplicate key)
+    # would only echo here as a type error.
+    reported = [path for path, _ in problems]
+    problems += [p for p in later if not _under(p[0], reported)]
+    if problems or settings is None:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    for client_id, client in settings.clients.items():
+        if client.jwks_file is not None:
+            client._jwks_keys = files.jwks_keys[client_id]
+        if client.backend_auth.secret_file is not None:
+            client.backend_auth._file_secret = SecretStr(files.secrets[client_id])
+    return settings
+
+
+def _under(path: str, prefixes: list[str]) -> bool:
+    return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
+
+
+_TYPE_MESSAGES = {
+    "missing": "required key is missing",
+    "extra_forbidden": "unknown key",
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "tuple_type": "must be a list",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+}
+
+
+def _problems_from(exc: ValidationError) -> Problems:
+    problems: Problems = []
+    # Inputs are read, never echoed: they may be secrets.
+    for error in exc.errors(include_url=False, include_input=True):
+        path = ""
+        for part in error["loc"]:
+            if part != "[key]":  # a dict key's own error: the path already names the key
+                path = join_path(path, part)
+        message = _TYPE_MESSAGES.get(error["type"], error["msg"])
+        if error["type"] == "too_short" and error.get("ctx", {}).get("min_length") == 1:
+            if error["input"]:
+                continue  # too short only because its items failed; they are reported
+            message = "must not be empty"
+        message = message.removeprefix("Value error, ").replace("Input should be", "must be", 1)
+        problems.append((path, message))
+    return problems
+
+
+def _document_problems(data: Mapping[str, Any]) -> Problems:
+    """Checks that span sections, run on the raw data so they report alongside type errors."""
+    problems: Problems = []
+    seen: dict[str, str] = {}
+    for section in ("endpoints", "passthrough"):
+        paths = data.get(section)
+        for index, value in enumerate(paths if isinstance(paths, list) else []):
+            where = join_path(section, index)
+            if isinstance(value, str) and value in seen:
+                problems.append((where, f"{value!r} is already listed at {seen[value]}"))
+            elif isinstance(value, str):
+                seen[value] = where
+    fetch = data.get("jwks_fetch")
+    allow_http = isinstance(fetch, dict) and fetch.get("allow_http") is True
+    for _, path, client in client_entries(data):
+        uri = client.get("jwks_uri")
+        if isinstance(uri, str) and urlsplit(uri).scheme == "http" and not allow_http:
+            problems.append((f"{path}.jwks_uri", "must be https (jwks_fetch.allow_http is off)"))
+    return problems
+
+
+def settings_json_schema() -> dict[str, Any]:
+    """The config file's JSON Schema (for editors and CI)."""
+    schema = Settings.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

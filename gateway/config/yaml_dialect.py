@@ -1,0 +1,260 @@
+"""The config file as read: its YAML dialect (`!env`, no duplicate keys) and the files it names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.core.jwkset import filter_public_jwks
+
+ENV_TAG = "!env"
+# Alias expansion can multiply a small file into a huge tree ("billion laughs");
+# a real config has a few hundred nodes.
+MAX_NODES = 100_000
+MAX_REFERENCED_FILE_BYTES = 1024 * 1024
+
+_STANDARD_TAG_PREFIX = "tag:yaml.org,2002:"
+_ALLOWED_SCALAR_TAGS = frozenset(
+    # timestamp: a date such as legacy_auth.until (2027-06-30).
+    _STANDARD_TAG_PREFIX + name for name in ("str", "int", "float", "bool", "null", "timestamp")
+)
+_MERGE_TAG = _STANDARD_TAG_PREFIX + "merge"
+_MAP_TAG = _STANDARD_TAG_PREFIX + "map"
+_SEQ_TAG = _STANDARD_TAG_PREFIX + "seq"
+
+Problems = list[tuple[str, str]]
+
+
+class EnvStr(str):
+    """A string that came from the environment through `!env`, never from the file's text."""
+
+    __slots__ = ()
+
+
+def join_path(parent: str, key: object) -> str:
+    """The dotted path of `key` under `parent`; list indices render as `[i]`."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return f"{parent}[{key}]"
+    text = str(key)
+    if not text or not text.isprintable():
+        text = repr(text)
+    return f"{parent}.{text}" if parent else text
+
+
+def parse_yaml(text: str, env: Mapping[str, str]) -> tuple[object, Problems]:
+    """Parse one YAML document into plain dicts, lists and scalars.
+
+    Never raises for bad input: returns the data it could build (None when the
+    text is not YAML at all) and every problem found, each as (dotted path, message).
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        return None, [("", f"not valid YAML: {_describe_yaml_error(exc)}")]
+    if node is None:
+        return None, [("", "the file is empty; it must be a mapping of settings")]
+    converter = _Converter(env)
+    data = converter.convert(node, "")
+    if not isinstance(data, dict):
+        converter.problems.append(("", "the top level must be a mapping of settings"))
+    return data, converter.problems
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(exc)
+
+
+def _where(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}"
+
+
+class _Converter:
+    """Turns a composed node graph into data, tracking the dotted path of every node."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: Problems = []
+        self._scalars = yaml.SafeLoader("")  # only its scalar constructors are used
+        self._active: set[int] = set()
+        self._count = 0
+
+    def convert(self, node: yaml.Node, path: str) -> Any:
+        self._count += 1
+        if self._count > MAX_NODES:
+            if self._count == MAX_NODES + 1:
+                self.problems.append((path, f"more than {MAX_NODES} values after aliases"))
+            return None
+        if id(node) in self._active:
+            self.problems.append((path, "a recursive alias is not allowed"))
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+                return [self.convert(item, join_path(path, i)) for i, item in enumerate(node.value)]
+            return self._scalar(node, path)
+        finally:
+            self._active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: str) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        first_seen: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                self.problems.append((path, "merge keys ('<<') are not supported"))
+                continue
+            key = self._scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str) or isinstance(key, EnvStr):
+                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                self.problems.append(
+                    (join_path(path, shown), "keys must be plain strings (quote it)")
+                )
+                continue
+            child = join_path(path, key)
+            if key in first_seen:
+                self.problems.append(
+                    (child, f"duplicate key (first at {_where(first_seen[key])})")
+                )
+                continue
+            first_seen[key] = key_node
+            result[key] = self.convert(value_node, child)
+        return result
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
+        if node.tag == ENV_TAG:
+            return self._env(node, path)
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in _ALLOWED_SCALAR_TAGS:
+            kind = node.tag.removeprefix(_STANDARD_TAG_PREFIX)
+            message = f"unsupported YAML tag or type {kind!r} (quote it if it is text)"
+            self.problems.append((path, message))
+            return None
+        return self._scalars.construct_object(node)
+
+    def _env(self, node: yaml.Node, path: str) -> EnvStr:
+        # A failed lookup still yields a string, so later checks see the key as
+        # present; their problems at this same path are dropped as echoes.
+        name = node.value.strip() if isinstance(node, yaml.ScalarNode) else ""
+        if not name:
+            self.problems.append((path, "!env needs a variable name, e.g. !env CLIENT_SECRET"))
+            return EnvStr()
+        value = self.env.get(name)
+        if value is None:
+            self.problems.append((path, f"environment variable {name} is not set"))
+            return EnvStr()
+        return EnvStr(value)
+
+
+def read_secret_file(path: str | Path) -> str:
+    """A secret file's text without trailing newlines; raises OSError or ValueError."""
+    text = _read_limited(Path(path)).decode("utf-8").rstrip("\r\n")
+    if not text:
+        raise ValueError("is empty")
+    return text
+
+
+def _read_limited(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        data = handle.read(MAX_REFERENCED_FILE_BYTES + 1)
+    if len(data) > MAX_REFERENCED_FILE_BYTES:
+        raise ValueError(f"is larger than {MAX_REFERENCED_FILE_BYTES} bytes")
+    return data
+
+
+def describe_os_error(exc: Exception) -> str:
+    """A short, lower-case reason for a failed read."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"is not JSON ({exc.msg}, line {exc.lineno})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "is not UTF-8 text"
+    if isinstance(exc, OSError):
+        reason = (exc.strerror or str(exc)).lower()
+        return f"cannot read {exc.filename}: {reason}" if exc.filename else f"cannot read: {reason}"
+    return str(exc)
+
+
+def client_entries(data: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(client id, dotted path, mapping) for each client that is a mapping in raw config data."""
+    clients = data.get("clients")
+    if not isinstance(clients, dict):
+        return []
+    return [
+        (cid, join_path("clients", cid), client)
+        for cid, client in clients.items()
+        if isinstance(client, dict)
+    ]
+
+
+def resolve_file_paths(data: dict[str, Any], base_dir: Path) -> None:
+    """Make relative jwks_file, secret_file and ca_file values absolute under `base_dir`."""
+    owners = [(client, "jwks_file") for _, _, client in client_entries(data)]
+    owners += [
+        (client["backend_auth"], "secret_file")
+        for _, _, client in client_entries(data)
+        if isinstance(client.get("backend_auth"), dict)
+    ]
+    if isinstance(data.get("jwks_fetch"), dict):
+        owners.append((data["jwks_fetch"], "ca_file"))
+    if isinstance(data.get("replay"), dict):
+        owners.append((data["replay"], "redis_password_file"))
+    listen = data.get("listen")
+    if isinstance(listen, dict) and isinstance(listen.get("tls"), dict):
+        owners += [(listen["tls"], "cert_file"), (listen["tls"], "key_file")]
+    audit = data.get("audit")
+    if isinstance(audit, dict) and audit.get("output") not in (None, "stdout", "off"):
+        owners.append((audit, "output"))
+    for owner, key in owners:
+        value = owner.get(key)
+        if isinstance(value, str) and value:
+            # Path("/base") / "/abs" is "/abs": absolute values stay as written.
+            owner[key] = str(base_dir / value)
+
+
+class ReferencedFiles:
+    """Keys and secrets read from the files a config names, and the problems met reading them."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.jwks_keys: dict[str, tuple[dict[str, Any], ...]] = {}
+        self.secrets: dict[str, str] = {}
+        self.problems: list[tuple[str, str]] = []
+        for client_id, path, client in client_entries(data):
+            if isinstance(client.get("jwks"), dict):
+                self.problems += filter_public_jwks(client["jwks"], f"{path}.jwks")[1]
+            if isinstance(client.get("jwks_file"), str):
+                self._read_jwks(client_id, client["jwks_file"], f"{path}.jwks_file")
+            auth = client.get("backend_auth")
+            if isinstance(auth, dict) and isinstance(auth.get("secret_file"), str):
+                try:
+                    self.secrets[client_id] = read_secret_file(auth["secret_file"])
+                except (OSError, ValueError) as exc:
+                    where = f"{path}.backend_auth.secret_file"
+                    self.problems.append((where, describe_os_error(exc)))
+        replay = data.get("replay")
+        if isinstance(replay, dict) and isinstance(replay.get("redis_password_file"), str):
+            try:
+                read_secret_file(replay["redis_password_file"])
+            except (OSError, ValueError) as exc:
+                self.problems.append(("replay.redis_password_file", describe_os_error(exc)))
+        fetch = data.get("jwks_fetch")
+        if isinstance(fetch, dict) and isinstance(fetch.get("ca_file"), str):
+            try:
+                _read_limited(Path(fetch["ca_file"]))
+            except (OSError, ValueError) as exc:
+                self.problems.append(("jwks_fetch.ca_file", describe_os_error(exc)))
+
+    def _read_jwks(self, client_id: str, file: str, path: str) -> None:
+        try:
+            document = json.loads(_read_limited(Path(file)))
+        except (OSError, ValueError) as exc:
+            self.problems.append((path, describe_os_error(exc)))
+            return
+        keys, problems = filter_public_jwks(document, path)
+        self.jwks_keys[client_id] = keys
+        self.problems += problems

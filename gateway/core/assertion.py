@@ -1,0 +1,273 @@
+"""Client assertions: parse a compact JWS once, select the key, verify signature, then claims."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.core.errors import GatewayError, InvalidClient
+from gateway.core.keyset import EDDSA_NAMES, JWS_ALGORITHMS, KeySet, VerificationKey, select_keys
+
+MAX_TOKEN_LENGTH = 16 * 1024
+MAX_JTI_LENGTH = 256
+MAX_NUMERIC_DATE = 1e12  # year 33658: anything later is nonsense, not a long-lived token
+ASSERTION_TYP = "client-authentication+jwt"
+
+# Header members a client assertion may carry. Everything else (crit, b64, jwk, jku, x5u,
+# x5c, zip, enc, ...) either changes how the token must be processed or points at keys
+# the client chose itself: refused instead of ignored.
+ALLOWED_HEADER_MEMBERS = frozenset({"alg", "kid", "typ", "x5t", "x5t#S256"})
+# typ values (lower-cased; RFC 7515 §4.1.9 lets "application/" be omitted) -> explicitly typed?
+_TYP_VALUES = {
+    "jwt": False,
+    "application/jwt": False,
+    ASSERTION_TYP: True,
+    "application/" + ASSERTION_TYP: True,
+}
+# Three non-empty base64url segments, no padding, no whitespace.
+_COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionPolicy:
+    client_id: str
+    algorithms: frozenset[str]
+    audiences: frozenset[str]
+    max_lifetime: float
+    clock_skew: float
+    require_typ: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAssertion:
+    """A structurally valid assertion, parsed once and not yet verified."""
+
+    header: Mapping[str, Any]
+    claims: Mapping[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+    @property
+    def subject(self) -> str | None:
+        sub = self.claims.get("sub")
+        return sub if isinstance(sub, str) else None
+
+    @property
+    def kid(self) -> str | None:
+        kid = self.header.get("kid")
+        return kid if isinstance(kid, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedAssertion:
+    client_id: str
+    jti: str
+    exp: float
+    alg: str
+    kid: str | None
+    key_thumbprint: str
+
+
+def parse_assertion(token: str) -> ParsedAssertion:
+    """Parse a compact JWS into header, claims, signing input and signature.
+
+    Raises InvalidClient with reason ``malformed`` (shape, size, base64url, JSON, duplicate
+    members, payload not an object), ``bad_header`` (header not an object, missing alg,
+    a member that is not a string) or ``forbidden_header`` (a member outside the allowed set).
+    """
+    try:
+        return _parse(token)
+    except GatewayError:
+        raise
+    except Exception as exc:  # nothing foreign may escape, whatever the input
+        raise InvalidClient("malformed", f"unexpected {type(exc).__name__}") from exc
+
+
+def verify_assertion(
+    parsed: ParsedAssertion, keys: KeySet, policy: AssertionPolicy, now: float
+) -> VerifiedAssertion:
+    """Check the header against the policy, the signature against the client's keys, then claims.
+
+    Raises InvalidClient with reason alg_not_allowed, bad_typ, missing_typ, no_matching_key,
+    bad_signature, bad_issuer, bad_subject, bad_audience, missing_exp, expired,
+    issued_in_future, not_yet_valid, lifetime_too_long, missing_jti, bad_jti or bad_claims.
+    """
+    try:
+        header = parsed.header
+        alg = header["alg"]
+        _check_algorithm(alg, policy)
+        _check_typ(header.get("typ"), policy.require_typ)
+        key = _verify_signature(parsed, alg, select_keys(header, keys, alg))
+        jti, exp = _check_claims(parsed.claims, policy, now)
+    except GatewayError:
+        raise
+    except Exception as exc:  # nothing foreign may escape
+        raise InvalidClient("malformed", f"unexpected {type(exc).__name__}") from exc
+    return VerifiedAssertion(
+        client_id=policy.client_id, jti=jti, exp=exp, alg=alg, kid=key.kid,
+        key_thumbprint=key.thumbprint,
+    )
+
+
+def _parse(token: str) -> ParsedAssertion:
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidClient("malformed", "not a string or longer than the maximum")
+    match = _COMPACT_JWS.fullmatch(token)
+    if match is None:
+        raise InvalidClient("malformed", f"not a compact JWS ({token.count('.') + 1} segments)")
+    header_segment, payload_segment, signature_segment = match.groups()
+    header = _decode_json(header_segment, "header")
+    if type(header) is not dict:
+        raise InvalidClient("bad_header", "header is not a JSON object")
+    forbidden = header.keys() - ALLOWED_HEADER_MEMBERS
+    if forbidden:
+        raise InvalidClient("forbidden_header", repr(sorted(forbidden)[:4])[:120])
+    if "alg" not in header:
+        raise InvalidClient("bad_header", "no alg")
+    for name, value in header.items():
+        if type(value) is not str:
+            raise InvalidClient("bad_header", f"{name} is not a string")
+    claims = _decode_json(payload_segment, "payload")
+    if type(claims) is not dict:
+        raise InvalidClient("malformed", "payload is not a JSON object")
+    signature = _decode_base64url(signature_segment, "signature")
+    # The signature segment is the one part the signature does not cover: keep it canonical.
+    if base64.urlsafe_b64encode(signature).rstrip(b"=") != signature_segment.encode("ascii"):
+        raise InvalidClient("malformed", "signature: non-canonical base64url")
+    return ParsedAssertion(
+        header=header,
+        claims=claims,
+        signing_input=token[: match.end(2)].encode("ascii"),
+        signature=signature,
+    )
+
+
+class _DuplicateMember(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateMember("duplicate member")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_JSON = json.JSONDecoder(object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+
+
+def _decode_base64url(segment: str, part: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except ValueError as exc:
+        raise InvalidClient("malformed", f"{part}: bad base64url") from exc
+
+
+def _decode_json(segment: str, part: str) -> Any:
+    raw = _decode_base64url(segment, part)
+    try:
+        return _JSON.decode(raw.decode("utf-8"))
+    except _DuplicateMember as exc:
+        raise InvalidClient("malformed", f"{part}: duplicate member") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InvalidClient("malformed", f"{part}: not JSON ({type(exc).__name__})") from exc
+
+
+def _check_algorithm(alg: str, policy: AssertionPolicy) -> None:
+    allowed = policy.algorithms
+    if alg not in JWS_ALGORITHMS or not (
+        alg in allowed or (alg in EDDSA_NAMES and not EDDSA_NAMES.isdisjoint(allowed))
+    ):
+        raise InvalidClient("alg_not_allowed", repr(alg)[:40])
+
+
+def _check_typ(typ: str | None, require_typ: bool) -> None:
+    explicit = False
+    if typ is not None:
+        explicit_or_none = _TYP_VALUES.get(typ.lower())
+        if explicit_or_none is None:
+            raise InvalidClient("bad_typ", repr(typ)[:80])
+        explicit = explicit_or_none
+    if require_typ and not explicit:
+        raise InvalidClient("missing_typ", f"typ must be {ASSERTION_TYP}")
+
+
+def _verify_signature(
+    parsed: ParsedAssertion, alg: str, candidates: tuple[VerificationKey, ...]
+) -> VerificationKey:
+    model = JWS_ALGORITHMS[alg]
+    for key in candidates:
+        try:
+            valid = model.verify(parsed.signing_input, parsed.signature, key.key)
+        except Exception:  # a key or signature joserfc cannot handle is a failed check
+            valid = False
+        if valid:
+            return key
+    raise InvalidClient("bad_signature", f"{len(candidates)} key(s) tried")
+
+
+def _check_claims(
+    claims: Mapping[str, Any], policy: AssertionPolicy, now: float
+) -> tuple[str, float]:
+    client_id = policy.client_id
+    if claims.get("iss") != client_id:
+        raise InvalidClient("bad_issuer", repr(claims.get("iss"))[:80])
+    if claims.get("sub") != client_id:
+        raise InvalidClient("bad_subject", repr(claims.get("sub"))[:80])
+    _check_audience(claims.get("aud"), policy.audiences)
+    if "exp" not in claims:
+        raise InvalidClient("missing_exp")
+    exp = _numeric_date(claims, "exp")
+    iat = _numeric_date(claims, "iat") if "iat" in claims else None
+    nbf = _numeric_date(claims, "nbf") if "nbf" in claims else None
+    skew = policy.clock_skew
+    if exp + skew <= now:
+        raise InvalidClient("expired", f"exp {exp} now {now}")
+    if iat is not None and iat > now + skew:
+        raise InvalidClient("issued_in_future", f"iat {iat} now {now}")
+    if nbf is not None and nbf > now + skew:
+        raise InvalidClient("not_yet_valid", f"nbf {nbf} now {now}")
+    lifetime = exp - (now if iat is None else iat)
+    if lifetime > policy.max_lifetime:
+        raise InvalidClient("lifetime_too_long", f"{lifetime:.0f}s")
+    return _check_jti(claims), float(exp)
+
+
+def _check_audience(aud: object, audiences: frozenset[str]) -> None:
+    # One audience only: a token valid at several servers is one any of them can replay here.
+    if type(aud) is list:
+        if len(aud) != 1:
+            raise InvalidClient("bad_audience", f"{len(aud)} audiences")
+        aud = aud[0]
+    if type(aud) is not str or aud not in audiences:
+        raise InvalidClient("bad_audience", repr(aud)[:120])
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
+    value = claims[name]
+    kind = type(value)  # bool is an int subclass: compare types exactly
+    # The range check also refuses NaN and infinities (every comparison with NaN is false).
+    if (kind is not int and kind is not float) or not 0 <= value <= MAX_NUMERIC_DATE:
+        raise InvalidClient("bad_claims", f"{name} is not a NumericDate")
+    return value  # type: ignore[no-any-return]
+
+
+def _check_jti(claims: Mapping[str, Any]) -> str:
+    if "jti" not in claims:
+        raise InvalidClient("missing_jti")
+    jti = claims["jti"]
+    if type(jti) is not str or not 1 <= len(jti) <= MAX_JTI_LENGTH:
+        raise InvalidClient("bad_jti", "not a string of 1 to 256 characters")
+    try:
+        jti.encode("utf-8")  # a lone surrogate would break every store and log downstream
+    except UnicodeEncodeError as exc:
+        raise InvalidClient("bad_jti", "not encodable as UTF-8") from exc
+    return jti

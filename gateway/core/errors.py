@@ -1,0 +1,95 @@
+"""The error model: every refusal is a GatewayError with a public face and a private reason.
+
+    GatewayError                      code              status
+    ├── InvalidRequest                invalid_request   400  malformed request or envelope
+    ├── InvalidClient                 invalid_client    401  assertion, keys or client wrong
+    ├── TemporarilyUnavailable        temporarily_unavailable 503  ledger or key source down
+    ├── TooManyRequests               temporarily_unavailable 429  failed attempts, slow down
+    ├── BadGateway                    bad_gateway       502  backend refused or unreachable
+    ├── GatewayTimeout                gateway_timeout   504  backend too slow
+    ├── NotFound                      not_found         404  no such route
+    ├── MethodNotAllowed              invalid_request   405  only POST reaches an endpoint
+    └── ServerError                   server_error      500  anything unexpected (opaque)
+
+The public ``description`` is fixed per class, so a caller cannot tell which
+check failed; ``reason`` (a short machine word, bounded set) goes to logs and the
+metric label, ``detail`` (free text) to logs only. Foreign exceptions are
+translated where they are caught, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway answers with."""
+
+    code: ClassVar[str] = "server_error"
+    status: ClassVar[int] = 500
+    description: ClassVar[str] = "The server encountered an unexpected condition."
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class InvalidRequest(GatewayError):
+    code = "invalid_request"
+    status = 400
+    description = "The request is missing a required parameter or is otherwise malformed."
+
+
+class InvalidClient(GatewayError):
+    code = "invalid_client"
+    status = 401
+    description = "Client authentication failed."
+
+
+class TemporarilyUnavailable(GatewayError):
+    code = "temporarily_unavailable"
+    status = 503
+    description = "The service is temporarily unable to handle the request."
+
+
+class TooManyRequests(GatewayError):
+    """Too many failed authentications from one client or address: try again later."""
+
+    code = "temporarily_unavailable"
+    status = 429
+    description = "Too many failed attempts; retry later."
+
+    def __init__(self, reason: str, retry_after: float, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.retry_after = retry_after
+
+
+class BadGateway(GatewayError):
+    code = "bad_gateway"
+    status = 502
+    description = "The upstream authorization server could not be reached."
+
+
+class GatewayTimeout(GatewayError):
+    code = "gateway_timeout"
+    status = 504
+    description = "The upstream authorization server did not answer in time."
+
+
+class NotFound(GatewayError):
+    code = "not_found"
+    status = 404
+    description = "The requested resource does not exist."
+
+
+class MethodNotAllowed(GatewayError):
+    code = "invalid_request"
+    status = 405
+    description = "The request method is not allowed for this resource."
+
+
+class ServerError(GatewayError):
+    code = "server_error"
+    status = 500
+    description = "The server encountered an unexpected condition."

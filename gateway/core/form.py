@@ -1,0 +1,166 @@
+"""Token request bodies: strict form-urlencoded parsing and the one client authentication."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, unquote_plus
+
+from gateway.core.errors import InvalidClient, InvalidRequest
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+FORM_CHARSETS = frozenset({"utf-8", "us-ascii"})
+MAX_PARAMETERS = 100
+
+# Never read from the query string: credentials there end up in access logs and proxies,
+# and a client_id there could be merged with the body by a lenient backend.
+QUERY_FORBIDDEN = frozenset({"client_assertion", "client_assertion_type", "client_secret",
+                             "client_id"})
+_ENVELOPE = frozenset({"client_assertion", "client_assertion_type", "client_id"})
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Every request carries the assertion type, nearly always percent-encoded: skip unquote for it.
+_KNOWN_ESCAPED = {
+    quote(ASSERTION_TYPE, safe=""): ASSERTION_TYPE,
+    quote(ASSERTION_TYPE, safe="").replace("%3A", "%3a"): ASSERTION_TYPE,
+}
+_QUERY_SEPARATORS = re.compile(r"[&;]")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenForm:
+    params: tuple[tuple[str, str], ...]  # every parameter except the assertion pair and client_id
+    client_id: str | None
+    assertion: str
+
+
+def parse_form(
+    body: bytes,
+    *,
+    content_type: str | None,
+    has_authorization: bool,
+    query_string: str,
+    max_body: int,
+) -> TokenForm:
+    """Parse a token request carrying exactly one client authentication: a client assertion.
+
+    Raises InvalidRequest (bad_content_type, body_too_large, credentials_in_query,
+    bad_encoding, too_many_parameters, duplicate_parameter, multiple_auth_methods,
+    empty_assertion, missing_assertion_type, bad_assertion_type) or InvalidClient
+    (no_client_auth, unsupported_auth_method).
+    """
+    check_content_type(content_type)
+    if len(body) > max_body:
+        raise InvalidRequest("body_too_large", f"{len(body)} bytes")
+    if query_string:
+        _check_query(query_string)
+    fields = parse_urlencoded(body)
+    assertion = fields.get("client_assertion")
+    secret = "client_secret" in fields
+    mechanisms = int(has_authorization) + int(secret) + int(assertion is not None)
+    if mechanisms > 1:
+        raise InvalidRequest("multiple_auth_methods")
+    if assertion is None:
+        if has_authorization or secret:
+            raise InvalidClient("unsupported_auth_method",
+                                "authorization header" if has_authorization else "client_secret")
+        if "client_assertion_type" in fields:
+            raise InvalidRequest("empty_assertion")
+        raise InvalidClient("no_client_auth")
+    assertion_type = fields.get("client_assertion_type")
+    if assertion_type is None:
+        raise InvalidRequest("missing_assertion_type")
+    if assertion_type != ASSERTION_TYPE:
+        raise InvalidRequest("bad_assertion_type", repr(assertion_type)[:120])
+    return TokenForm(
+        params=tuple((name, value) for name, value in fields.items() if name not in _ENVELOPE),
+        client_id=fields.get("client_id"),
+        assertion=assertion,
+    )
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Accept only application/x-www-form-urlencoded, with at most a utf-8/us-ascii charset.
+
+    Raises InvalidRequest ``bad_content_type``.
+    """
+    if content_type == FORM_MEDIA_TYPE:
+        return
+    if content_type is None:
+        raise InvalidRequest("bad_content_type", "no Content-Type")
+    media_type, _, parameters = content_type.partition(";")
+    if media_type.strip().lower() != FORM_MEDIA_TYPE:
+        raise InvalidRequest("bad_content_type", repr(content_type)[:120])
+    charsets = 0
+    for parameter in parameters.split(";"):
+        if not parameter.strip():
+            continue
+        name, _, value = parameter.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if name.strip().lower() != "charset" or value.lower() not in FORM_CHARSETS:
+            raise InvalidRequest("bad_content_type", repr(content_type)[:120])
+        charsets += 1
+    if charsets > 1:
+        raise InvalidRequest("bad_content_type", "charset given twice")
+
+
+def parse_urlencoded(body: bytes) -> dict[str, str]:
+    """Decode a form body into its parameters with a value, in order.
+
+    A parameter without a value counts as omitted (RFC 6749 §3.1) but still counts as sent
+    when looking for duplicates (§3.2). Raises InvalidRequest ``bad_encoding`` (not UTF-8,
+    a bad percent escape, an empty name), ``too_many_parameters`` or ``duplicate_parameter``.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("bad_encoding", "body is not UTF-8") from exc
+    fields: dict[str, str] = {}
+    if not text:
+        return fields
+    pieces = text.split("&")
+    if len(pieces) > MAX_PARAMETERS:
+        raise InvalidRequest("too_many_parameters", f"{len(pieces)} fields")
+    seen: set[str] = set()
+    for piece in pieces:
+        if not piece:
+            continue  # "a=1&&b=2": an empty field carries nothing
+        raw_name, _, raw_value = piece.partition("=")
+        name = _unescape(raw_name)
+        if not name:
+            raise InvalidRequest("bad_encoding", "a parameter without a name")
+        if name in seen:
+            raise InvalidRequest("duplicate_parameter", repr(name)[:60])
+        seen.add(name)
+        value = _unescape(raw_value)
+        if value:
+            fields[name] = value
+    return fields
+
+
+def _unescape(text: str) -> str:
+    if "%" not in text and "+" not in text:
+        return text
+    known = _KNOWN_ESCAPED.get(text)
+    if known is not None:
+        return known
+    text = text.replace("+", " ")
+    if "%" not in text:
+        return text
+    if _BAD_ESCAPE.search(text):
+        raise InvalidRequest("bad_encoding", "bad percent escape")
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("bad_encoding", "percent escapes are not UTF-8") from exc
+
+
+def _check_query(query_string: str) -> None:
+    for piece in _QUERY_SEPARATORS.split(query_string):
+        name = piece.partition("=")[0]
+        if "%" in name or "+" in name:
+            name = unquote_plus(name, errors="replace")
+        if name in QUERY_FORBIDDEN:
+            raise InvalidRequest("credentials_in_query", name)

@@ -1,0 +1,1 @@
+"""The aiohttp shell: the applications, the request handlers, the listener and TLS."""

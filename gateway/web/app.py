@@ -1,0 +1,246 @@
+"""The aiohttp applications (public and admin), their resources, lifecycles and live reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.adapters.assemble import (
+    RemoteKeys,
+    Runtime,
+    RuntimeSlot,
+    build_ledger,
+    build_runtime,
+    close_sources,
+    start_sources,
+)
+from gateway.adapters.audit import AuditLog
+from gateway.adapters.jwks_fetch import new_jwks_session
+from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
+from gateway.adapters.upstream import new_upstream
+from gateway.config.errors import ConfigError
+from gateway.config.settings import JwksFetchSettings, Settings, load_settings
+from gateway.core.replay import ReplayLedger
+from gateway.web.handlers import dispatch
+from gateway.web.state import AUDIT, GUARDS, LEDGER, METRICS, RUNTIME, UPSTREAM, Guards
+from gateway.web.tls import load_certificate, new_server_context
+
+log = logging.getLogger("gateway")
+
+# Settings a running process cannot change: a reload applies the rest and says so.
+RESTART_ONLY = ("listen", "admin", "backend", "replay", "audit", "limits")
+
+
+class Gateway:
+    """The two applications of one gateway process, the state they share, and reload."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger: ReplayLedger | None = None,
+        metrics: GatewayMetrics | None = None,
+        audit_stream: TextIO | None = sys.stdout,
+        config_path: Path | None = None,
+        supervised: bool = False,
+    ) -> None:
+        """Build both applications; resources are opened on startup and closed on cleanup.
+
+        Raises ConfigError when a key set or the TLS files cannot be loaded, ValueError for
+        an inconsistent replay store.
+        """
+        # Validate every key set before anything starts; remote sets are created on startup,
+        # inside the running loop that their HTTP session needs.
+        self.slot = RuntimeSlot(build_runtime(settings))
+        self.ledger = ledger if ledger is not None else build_ledger(settings)
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.config_path = config_path
+        self.supervised = supervised  # a worker of `serve --workers N`
+        self.draining = False  # set on SIGTERM: /readyz answers 503 while requests finish
+        # One context for the listener's life; a reload loads new files into it.
+        tls = settings.listen.tls
+        self.tls_context = new_server_context(tls) if tls is not None else None
+        self._reload_lock = asyncio.Lock()
+        self._jwks: tuple[JwksFetchSettings, aiohttp.ClientSession] | None = None
+        self.public = self._public_app(settings, audit_stream)
+        self.admin = create_admin_app(self)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.slot.current
+
+    def _public_app(self, settings: Settings, audit_stream: TextIO | None) -> web.Application:
+        limits = settings.limits
+        app = web.Application(client_max_size=1024 * 1024, handler_args={
+            "auto_decompress": False, "max_line_size": limits.max_line_size,
+            "max_field_size": limits.max_header_size, "max_headers": limits.max_headers,
+            "keepalive_timeout": limits.keepalive_timeout})
+        app[GUARDS] = Guards.from_settings(limits)
+        app[RUNTIME] = self.slot
+        app[LEDGER] = self.ledger
+        app[METRICS] = self.metrics
+        app[AUDIT] = AuditLog(audit_stream)
+
+        async def backend_pool(app: web.Application) -> AsyncIterator[None]:
+            upstream = new_upstream(settings.backend)
+            app[UPSTREAM] = upstream
+            yield
+            await upstream.close()
+
+        async def key_sources(_: web.Application) -> AsyncIterator[None]:
+            await self._install(self.slot.current.settings)
+            yield
+            await self._close()
+
+        async def ledger_lifecycle(_: web.Application) -> AsyncIterator[None]:
+            if not await self.ledger.ping():
+                log.warning("replay ledger (%s) not reachable at start-up: requests get 503 "
+                            "until it is", self.ledger.name)
+            yield
+            await self.ledger.close()
+
+        app.cleanup_ctx.extend([backend_pool, key_sources, ledger_lifecycle])
+        app.router.add_route("*", "/{tail:.*}", dispatch)
+        return app
+
+    def _hooks(self, session: aiohttp.ClientSession) -> RemoteKeys:
+        metrics = self.metrics
+        return RemoteKeys(
+            session,
+            on_fetch=metrics.count_fetch,
+            on_keys=lambda client, count: metrics.jwks_keys.labels(client).set(count),
+        )
+
+    async def _install(self, settings: Settings) -> None:
+        """Build and start a runtime for ``settings`` and put it in force.
+
+        Raises ConfigError when a key set cannot be imported; the old runtime stays.
+        """
+        old, fetch = self.slot.current, settings.jwks_fetch
+        # The JWKS session carries the fetch rules (TLS anchors, address guard): new rules,
+        # new session, committed only once the new runtime is in force.
+        renew = self._jwks is None or self._jwks[0] != fetch
+        session = new_jwks_session(fetch) if renew or self._jwks is None else self._jwks[1]
+        try:
+            new = build_runtime(settings, remote=self._hooks(session), previous=old)
+        except ConfigError:
+            if renew:
+                await session.close()
+            raise
+        await start_sources(new, previous=old)
+        self.slot.current = new
+        await close_sources(old, keep=new)
+        if renew:
+            if self._jwks is not None:
+                await self._jwks[1].close()
+            self._jwks = (fetch, session)
+        for client_id, client in new.clients.items():
+            current = client.keys.current()
+            self.metrics.jwks_keys.labels(client_id).set(len(current.keys) if current else 0)
+        for client_id in old.clients.keys() - new.clients.keys():
+            self.metrics.jwks_keys.remove(client_id)
+
+    async def _close(self) -> None:
+        await close_sources(self.slot.current)
+        if self._jwks is not None:
+            await self._jwks[1].close()
+            self._jwks = None
+
+    async def reload(self, settings: Settings | None = None) -> None:
+        """Put new settings in force for new requests (in-flight ones finish on the old).
+
+        Without ``settings``, re-reads the config file (and its jwks_files).
+        Raises ConfigError listing every problem; the running configuration then stays.
+        """
+        async with self._reload_lock:
+            try:
+                if settings is None:
+                    if self.config_path is None:
+                        raise ConfigError([("", "no configuration file to reload")])
+                    settings = await asyncio.to_thread(load_settings, self.config_path)
+                before = self.slot.current.settings
+                if self.tls_context is not None and settings.listen.tls is not None:
+                    load_certificate(self.tls_context, settings.listen.tls)
+                await self._install(settings)
+            except ConfigError:
+                self.metrics.config_reloads.labels("refused").inc()
+                raise
+            self.metrics.config_reloads.labels("ok").inc()
+        ignored = [key for key in RESTART_ONLY if getattr(before, key) != getattr(settings, key)]
+        if ignored:
+            log.warning("reload: changes to %s take effect after a restart", ", ".join(ignored))
+        log.info("reload: %d client(s) in force", len(self.slot.current.clients))
+
+
+# The factory the CLI, the demo and the tests call.
+create_gateway = Gateway
+
+
+def exposition_registry(metrics: GatewayMetrics) -> CollectorRegistry:
+    """What /metrics shows: this process's registry, or with worker processes the sum of all.
+
+    prometheus-client switches to multiprocess values when PROMETHEUS_MULTIPROC_DIR is set
+    before it is imported; the supervisor sets it for its workers.
+    """
+    if not os.environ.get(MULTIPROC_ENV):
+        return metrics.registry
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+    return registry
+
+
+def create_admin_app(gateway: Gateway) -> web.Application:
+    """/metrics, /healthz, /readyz and POST /reload, served on the admin listener only."""
+    admin = web.Application()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        runtime = gateway.slot.current
+        parts = {
+            "config": True,
+            "keys": runtime.settings.jwks_fetch.ready_without_keys or runtime.keys_settled(),
+            # Without traffic nothing else would notice a store that came back.
+            "ledger": gateway.ledger.ready() or await gateway.ledger.ping(),
+            "serving": not gateway.draining,
+        }
+        ready = all(parts.values())
+        body = {"status": "ready" if ready else "not_ready", "checks": parts}
+        return web.Response(status=200 if ready else 503, text=json.dumps(body),
+                            content_type="application/json")
+
+    async def reload(_: web.Request) -> web.Response:
+        if gateway.supervised:
+            # This connection reached one worker of several: the supervisor reloads them all.
+            os.kill(os.getppid(), signal.SIGHUP)
+            return web.json_response({"status": "requested", "detail": "every worker re-reads "
+                                      "the file; refused changes are logged"}, status=202)
+        try:
+            await gateway.reload()
+        except ConfigError as exc:
+            for where, message in exc.problems:
+                log.error("reload refused: %s: %s", where, message)
+            problems = [{"path": where, "message": message} for where, message in exc.problems]
+            return web.json_response({"status": "refused", "problems": problems}, status=400)
+        return web.json_response({"status": "reloaded",
+                                  "clients": sorted(gateway.slot.current.clients)})
+
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    admin.router.add_post("/reload", reload)
+    admin.router.add_get("/metrics", make_aiohttp_handler(exposition_registry(gateway.metrics)))
+    return admin

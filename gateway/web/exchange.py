@@ -1,0 +1,75 @@
+"""One exchange's plumbing: request ids, bounded body reads, and the one error renderer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import secrets
+
+from aiohttp import web
+
+from gateway.core.errors import (
+    GatewayError,
+    InvalidClient,
+    InvalidRequest,
+    MethodNotAllowed,
+    TooManyRequests,
+)
+
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is sane, else a new one."""
+    given = request.headers.get("X-Request-Id")
+    if given is not None and REQUEST_ID_PATTERN.fullmatch(given):
+        return given
+    return secrets.token_hex(12)
+
+
+def error_response(error: GatewayError, *, request_id: str, basic_challenge: bool) -> web.Response:
+    """The only place an error becomes a response: fixed public text, never the private reason."""
+    headers = {**_NO_STORE, "X-Request-Id": request_id}
+    if isinstance(error, InvalidClient) and basic_challenge:
+        headers["WWW-Authenticate"] = 'Basic realm="pkjwt-gateway", charset="UTF-8"'
+    if isinstance(error, MethodNotAllowed):
+        headers["Allow"] = "POST"
+    if isinstance(error, TooManyRequests):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    body = json.dumps({"error": error.code, "error_description": error.description})
+    return web.Response(status=error.status, body=body.encode(), headers=headers,
+                        content_type="application/json")
+
+
+async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
+    """The whole body, at most ``limit`` bytes, within ``deadline`` seconds; raises
+    InvalidRequest (body_too_large, incomplete_body, body_timeout)."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await _read_body(request, limit)
+    except TimeoutError as exc:  # a client trickling its body holds a connection for free
+        raise InvalidRequest("body_timeout", f"not sent within {deadline:g}s") from exc
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise InvalidRequest("body_too_large", f"content-length {length}")
+    if length is not None:
+        # The parser delivers exactly Content-Length bytes: one read, no limit loop.
+        try:
+            return await request.content.readexactly(length) if length else b""
+        except asyncio.IncompleteReadError as exc:
+            raise InvalidRequest("incomplete_body", "the client stopped sending") from exc
+    body = await request.content.read(limit + 1)
+    while len(body) <= limit and not request.content.at_eof():
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > limit:
+        raise InvalidRequest("body_too_large", "body exceeds the limit")
+    return body
