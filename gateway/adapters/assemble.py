@@ -1,4 +1,4 @@
-"""The prepared view of the settings the hot path reads: clients, keys, policies, credentials."""
+"""Building the runtime from settings: clients with their credentials, key sources, ledger."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from gateway.config.errors import ConfigError
 from gateway.config.settings import Settings
 from gateway.core.assertion import AssertionPolicy
 from gateway.core.backend_auth import BackendCredential
+from gateway.core.clients import ClientRuntime, LegacyPolicy
+from gateway.core.credentials import RegisteredKeys
 from gateway.core.keyset import prepare_keyset
 from gateway.core.keysource import KeySource, StaticKeySource
 from gateway.core.replay import MemoryReplayLedger, ReplayLedger
@@ -27,17 +29,6 @@ from gateway.core.replay import MemoryReplayLedger, ReplayLedger
 LOCAL_TIER_MAX_ENTRIES = 100_000
 FetchHook = Callable[[str, str], None]
 KeysHook = Callable[[str, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class LegacyPolicy:
-    """Shared-secret methods a client may still use, and until when (epoch seconds)."""
-
-    methods: frozenset[str]
-    deadline: float | None  # the first moment refused: the day after `until`, 00:00 UTC
-    sunset: str | None  # that moment as an HTTP-date, for the Sunset header (RFC 8594)
-    # RFC 9745 Deprecation date: deprecated as of the configuration that allowed it.
-    deprecation: str = ""
 
 
 def _legacy_policy(settings: Settings, client_id: str) -> LegacyPolicy | None:
@@ -53,26 +44,16 @@ def _legacy_policy(settings: Settings, client_id: str) -> LegacyPolicy | None:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientRuntime:
-    """One configured client, ready to verify: keys, policy per endpoint, backend credential."""
-
-    client_id: str
-    keys: KeySource
-    policies: Mapping[str, AssertionPolicy]
-    credential: BackendCredential
-    allow_reuse: bool = False  # the byte-identical assertion may be sent again
-    legacy: LegacyPolicy | None = None  # migration mode: shared secrets still accepted
-
-
-@dataclass(frozen=True, slots=True)
 class Runtime:
+    """One configuration in force: the settings and the clients prepared from them."""
+
     settings: Settings
     clients: Mapping[str, ClientRuntime]
     endpoints: frozenset[str]
     passthrough: frozenset[str]
 
     def sources(self) -> list[KeySource]:
-        return [client.keys for client in self.clients.values()]
+        return [source for client in self.clients.values() for source in client.key_sources()]
 
     def keys_settled(self) -> bool:
         """Every key source has keys or has failed its first fetch (what /readyz waits for)."""
@@ -137,6 +118,14 @@ def _key_source(
                            on_fetch=remote.on_fetch, on_keys=remote.on_keys)
 
 
+def _registered_sources(previous: Runtime | None) -> dict[str, KeySource]:
+    """Each client's registered-key source in the previous runtime (for reuse on reload)."""
+    if previous is None:
+        return {}
+    return {client_id: credential.source for client_id, client in previous.clients.items()
+            for credential in client.credentials if isinstance(credential, RegisteredKeys)}
+
+
 def build_runtime(
     settings: Settings, *, remote: RemoteKeys | None = None, previous: Runtime | None = None
 ) -> Runtime:
@@ -147,7 +136,7 @@ def build_runtime(
     """
     clients: dict[str, ClientRuntime] = {}
     problems: list[tuple[str, str]] = []
-    old_sources = {cid: c.keys for cid, c in previous.clients.items()} if previous else {}
+    old_sources = _registered_sources(previous)
     for client_id, client in settings.clients.items():
         if not client.enabled:
             continue
@@ -160,12 +149,12 @@ def build_runtime(
         if keys is None:
             continue
         auth = client.backend_auth
+        registered = RegisteredKeys(client_id, keys, _policies(settings, client_id),
+                                    allow_reuse=client.allow_assertion_reuse)
         clients[client_id] = ClientRuntime(
             client_id=client_id,
-            keys=keys,
-            policies=_policies(settings, client_id),
-            credential=BackendCredential(client_id, auth.method, auth.secret_value()),
-            allow_reuse=client.allow_assertion_reuse,
+            credentials=(registered,),
+            backend=BackendCredential(client_id, auth.method, auth.secret_value()),
             legacy=_legacy_policy(settings, client_id),
         )
     if problems:

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from dataclasses import dataclass, fields
 from typing import TextIO
 
-# Strings that come from the request before anything is verified are cut to this length.
-MAX_UNTRUSTED_CHARS = 128
-
-
-def jti_digest(client_id: str, jti: str) -> str:
-    """A short, non-reversible tag of a jti: enough to correlate lines, useless to replay."""
-    return hashlib.sha256(f"{client_id}\x00{jti}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-def untrusted(value: object) -> str | None:
-    """A bounded text form of an attacker-supplied value (JSON escaping does the rest)."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else repr(value)
-    return text[:MAX_UNTRUSTED_CHARS]
+from gateway.core.attempt import Attempt
 
 
 @dataclass(slots=True)
@@ -44,6 +29,15 @@ class AuditRecord:
     backend_status: int | None = None
     backend_error: str | None = None
     latency_ms: float | None = None
+
+    def fill(self, attempt: Attempt) -> None:
+        """Take what the authenticator learnt (kid and alg already cut to size by it)."""
+        self.client = attempt.client
+        self.method = attempt.method
+        self.kid = attempt.kid
+        self.alg = attempt.alg
+        self.key_thumbprint = attempt.key_thumbprint
+        self.jti_hash = attempt.jti_hash
 
 
 _FIELDS = tuple(field.name for field in fields(AuditRecord))

@@ -2,7 +2,10 @@
 
     GatewayError                      code              status
     ├── InvalidRequest                invalid_request   400  malformed request or envelope
+    │   └── UntrustedFraming                              where the request ends is in doubt
     ├── InvalidClient                 invalid_client    401  assertion, keys or client wrong
+    │   ├── KeyMiss                                       no registered key verified it
+    │   └── UnsupportedAuthMethod                         a shared secret, not an assertion
     ├── TemporarilyUnavailable        temporarily_unavailable 503  ledger or key source down
     ├── TooManyRequests               temporarily_unavailable 429  failed attempts, slow down
     ├── BadGateway                    bad_gateway       502  backend refused or unreachable
@@ -14,12 +17,18 @@
 The public ``description`` is fixed per class, so a caller cannot tell which
 check failed; ``reason`` (a short machine word, bounded set) goes to logs and the
 metric label, ``detail`` (free text) to logs only. Foreign exceptions are
-translated where they are caught, with ``raise ... from exc``.
+translated where they are caught, with ``raise ... from exc``. The subclasses
+steer the callers (close the connection, refetch keys, try migration mode) without
+comparing reason words; ``attempt`` carries what the authenticator learnt before
+it refused, for the audit line and the metrics.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from gateway.core.attempt import Attempt
 
 
 class GatewayError(Exception):
@@ -33,6 +42,7 @@ class GatewayError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.attempt: Attempt | None = None
 
 
 class InvalidRequest(GatewayError):
@@ -41,10 +51,22 @@ class InvalidRequest(GatewayError):
     description = "The request is missing a required parameter or is otherwise malformed."
 
 
+class UntrustedFraming(InvalidRequest):
+    """The body's framing or encoding is in doubt: nothing after it on the connection is read."""
+
+
 class InvalidClient(GatewayError):
     code = "invalid_client"
     status = 401
     description = "Client authentication failed."
+
+
+class KeyMiss(InvalidClient):
+    """No key of the client verified the signature: a rotated key may be worth a refetch."""
+
+
+class UnsupportedAuthMethod(InvalidClient):
+    """The request authenticates with a shared secret: only migration mode may accept it."""
 
 
 class TemporarilyUnavailable(GatewayError):

@@ -6,7 +6,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, unquote_plus
 
-from gateway.core.errors import InvalidClient, InvalidRequest
+from gateway.core.errors import (
+    InvalidClient,
+    InvalidRequest,
+    UnsupportedAuthMethod,
+    UntrustedFraming,
+)
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
@@ -51,7 +56,7 @@ def parse_form(
     """
     check_content_type(content_type)
     if len(body) > max_body:
-        raise InvalidRequest("body_too_large", f"{len(body)} bytes")
+        raise UntrustedFraming("body_too_large", f"{len(body)} bytes")
     if query_string:
         _check_query(query_string)
     fields = parse_urlencoded(body)
@@ -62,7 +67,7 @@ def parse_form(
         raise InvalidRequest("multiple_auth_methods")
     if assertion is None:
         if has_authorization or secret:
-            raise InvalidClient("unsupported_auth_method",
+            raise UnsupportedAuthMethod("unsupported_auth_method",
                                 "authorization header" if has_authorization else "client_secret")
         if "client_assertion_type" in fields:
             raise InvalidRequest("empty_assertion")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote_plus
 
-from gateway.core.errors import InvalidClient, InvalidRequest
+from gateway.core.errors import InvalidClient, InvalidRequest, UnsupportedAuthMethod
 from gateway.core.form import parse_urlencoded
 
 SecretMethod = Literal["client_secret_basic", "client_secret_post"]
@@ -37,7 +37,7 @@ def identify_secret_client(body: bytes, authorization: str | None) -> SecretClai
         return SecretClaim(client_id, "client_secret_post")
     scheme, _, credentials = authorization.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise InvalidClient("unsupported_auth_method", "authorization scheme")
+        raise UnsupportedAuthMethod("unsupported_auth_method", "authorization scheme")
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError) as exc:

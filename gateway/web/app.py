@@ -35,7 +35,17 @@ from gateway.config.errors import ConfigError
 from gateway.config.settings import JwksFetchSettings, Settings, load_settings
 from gateway.core.replay import ReplayLedger
 from gateway.web.handlers import dispatch
-from gateway.web.state import AUDIT, GUARDS, LEDGER, METRICS, RUNTIME, UPSTREAM, Guards
+from gateway.web.state import (
+    AUDIT,
+    AUTHENTICATOR,
+    GUARDS,
+    LEDGER,
+    METRICS,
+    RUNTIME,
+    UPSTREAM,
+    Guards,
+    new_authenticator,
+)
 from gateway.web.tls import load_certificate, new_server_context
 
 log = logging.getLogger("gateway")
@@ -88,7 +98,8 @@ class Gateway:
             "auto_decompress": False, "max_line_size": limits.max_line_size,
             "max_field_size": limits.max_header_size, "max_headers": limits.max_headers,
             "keepalive_timeout": limits.keepalive_timeout})
-        app[GUARDS] = Guards.from_settings(limits)
+        app[GUARDS] = Guards(limits)
+        app[AUTHENTICATOR] = new_authenticator(limits, self.ledger)
         app[RUNTIME] = self.slot
         app[LEDGER] = self.ledger
         app[METRICS] = self.metrics
@@ -148,8 +159,9 @@ class Gateway:
                 await self._jwks[1].close()
             self._jwks = (fetch, session)
         for client_id, client in new.clients.items():
-            current = client.keys.current()
-            self.metrics.jwks_keys.labels(client_id).set(len(current.keys) if current else 0)
+            held = (source.current() for source in client.key_sources())
+            count = sum(len(keys.keys) for keys in held if keys is not None)
+            self.metrics.jwks_keys.labels(client_id).set(count)
         for client_id in old.clients.keys() - new.clients.keys():
             self.metrics.jwks_keys.remove(client_id)
 

@@ -13,9 +13,9 @@ from aiohttp import web
 from gateway.core.errors import (
     GatewayError,
     InvalidClient,
-    InvalidRequest,
     MethodNotAllowed,
     TooManyRequests,
+    UntrustedFraming,
 )
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -46,24 +46,24 @@ def error_response(error: GatewayError, *, request_id: str, basic_challenge: boo
 
 async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
     """The whole body, at most ``limit`` bytes, within ``deadline`` seconds; raises
-    InvalidRequest (body_too_large, incomplete_body, body_timeout)."""
+    UntrustedFraming (body_too_large, incomplete_body, body_timeout)."""
     try:
         async with asyncio.timeout(deadline):
             return await _read_body(request, limit)
     except TimeoutError as exc:  # a client trickling its body holds a connection for free
-        raise InvalidRequest("body_timeout", f"not sent within {deadline:g}s") from exc
+        raise UntrustedFraming("body_timeout", f"not sent within {deadline:g}s") from exc
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
-        raise InvalidRequest("body_too_large", f"content-length {length}")
+        raise UntrustedFraming("body_too_large", f"content-length {length}")
     if length is not None:
         # The parser delivers exactly Content-Length bytes: one read, no limit loop.
         try:
             return await request.content.readexactly(length) if length else b""
         except asyncio.IncompleteReadError as exc:
-            raise InvalidRequest("incomplete_body", "the client stopped sending") from exc
+            raise UntrustedFraming("incomplete_body", "the client stopped sending") from exc
     body = await request.content.read(limit + 1)
     while len(body) <= limit and not request.content.at_eof():
         chunk = await request.content.read(limit + 1 - len(body))
@@ -71,5 +71,5 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             break
         body += chunk
     if len(body) > limit:
-        raise InvalidRequest("body_too_large", "body exceeds the limit")
+        raise UntrustedFraming("body_too_large", "body exceeds the limit")
     return body

@@ -1,39 +1,32 @@
-"""HTTP handlers: the authenticated endpoints and passthrough routes."""
+"""HTTP handlers: they move bytes; the authenticator decides, the upstream forwards."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.adapters.assemble import ClientRuntime, Runtime
-from gateway.adapters.audit import AuditRecord, jti_digest, untrusted
+from gateway.adapters.audit import AuditRecord
 from gateway.adapters.metrics import UNKNOWN_CLIENT, status_class
 from gateway.adapters.upstream import forwarded_request_headers, skipped_request_headers
-from gateway.config.settings import LimitSettings
-from gateway.core.assertion import (
-    AssertionPolicy,
-    ParsedAssertion,
-    VerifiedAssertion,
-    parse_assertion,
-    verify_assertion,
-)
+from gateway.core.attempt import PRIVATE_KEY_JWT, Attempt, untrusted
+from gateway.core.authenticator import Approval, TokenRequest
 from gateway.core.errors import (
     GatewayError,
-    InvalidClient,
-    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     ServerError,
     TemporarilyUnavailable,
-    TooManyRequests,
+    UntrustedFraming,
 )
-from gateway.core.form import TokenForm, parse_form
-from gateway.core.legacy import identify_secret_client
+from gateway.core.form import FORM_MEDIA_TYPE
 from gateway.web.exchange import error_response, read_body, request_id_of
-from gateway.web.state import AUDIT, GUARDS, LEDGER, METRICS, RUNTIME, UPSTREAM, Guards
+from gateway.web.state import AUDIT, AUTHENTICATOR, GUARDS, METRICS, RUNTIME, UPSTREAM
+
+if TYPE_CHECKING:
+    from gateway.adapters.assemble import Runtime
 
 log = logging.getLogger("gateway")
 
@@ -45,9 +38,6 @@ _METHOD_OVERRIDES = ("X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Meth
 _ENDPOINT_SKIP = skipped_request_headers(
     ("Authorization", "Content-Type", "Content-Encoding", "X-Request-Id", *_METHOD_OVERRIDES))
 _PASSTHROUGH_SKIP = skipped_request_headers(("X-Request-Id", *_METHOD_OVERRIDES))
-_KEY_MISS = frozenset({"no_matching_key", "bad_signature"})
-_UNTRUSTED_FRAMING = frozenset({"bad_transfer_encoding", "body_too_large", "body_timeout",
-                                "incomplete_body", "content_encoding"})
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -73,7 +63,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise NotFound("no_route")
     except GatewayError as error:
         response = error_response(error, request_id=request_id, basic_challenge=basic)
-        if error.reason in _UNTRUSTED_FRAMING:
+        if isinstance(error, UntrustedFraming):
             # Where this request ends is in doubt: nothing after it on the connection is read.
             response.force_close()
         return response
@@ -91,182 +81,104 @@ def _check_framing(request: web.Request) -> None:
     intermediary that applies it would see another body than the one we authenticate."""
     codings = request.headers.getall("Transfer-Encoding", ())
     if codings and [c.strip().lower() for c in codings] != ["chunked"]:
-        raise InvalidRequest("bad_transfer_encoding", untrusted(", ".join(codings)) or "")
+        raise UntrustedFraming("bad_transfer_encoding", untrusted(", ".join(codings)) or "")
 
 
 async def handle_endpoint(
     request: web.Request, runtime: Runtime, path: str, request_id: str
 ) -> web.StreamResponse:
-    """Authenticate, record the jti, rewrite and forward; audit and count every outcome."""
+    """Read the body, authenticate, forward; audit and count the outcome once."""
     started = time.perf_counter()
-    record = AuditRecord(request_id=request_id, endpoint=path, result="rejected", reason="",
-                         method="private_key_jwt", remote=request.remote)
-    metrics, guards = request.app[METRICS], request.app[GUARDS]
-    address = request.remote or ""
+    outcome: Approval | GatewayError | None = None
+    backend_status: int | None = None
+    backend_error: str | None = None
     try:
-        retry_after = guards.address_failures.retry_after(address, time.monotonic())
-        if retry_after is not None:
-            raise TooManyRequests("too_many_failures", retry_after, "from this address")
-        body = await _read_token_request(request, guards.limits)
+        body = await _read_token_request(request)
+        token_request = TokenRequest(
+            endpoint=path, body=body, content_type=request.headers.get("Content-Type"),
+            authorization=request.headers.get("Authorization"),
+            query_string=request.query_string, remote=request.remote or "")
+        outcome = await request.app[AUTHENTICATOR].authenticate(token_request, runtime.clients)
         try:
-            form = parse_form(body, content_type=request.headers.get("Content-Type"),
-                              has_authorization="Authorization" in request.headers,
-                              query_string=request.query_string,
-                              max_body=guards.limits.max_body_bytes)
-        except InvalidClient as error:
-            if error.reason != "unsupported_auth_method":
-                raise
-            return await _forward_legacy(request, runtime, path, request_id, body, record, error)
-        approved = await _authenticate(request, runtime, path, form, record)
-        record.result, record.reason = "accepted", "ok"
-        response, record.backend_status = await _forward_endpoint(
-            request, path, request_id, form, approved)
+            response, backend_status = await _forward_approved(
+                request, path, request_id, body, outcome)
+        except GatewayError as error:
+            backend_error = error.reason
+            raise
         return response
     except GatewayError as error:
-        if record.result == "rejected":
-            record.reason = error.reason
-            if isinstance(error, InvalidClient):  # failed authentications slow down
-                now = time.monotonic()
-                guards.address_failures.failed(address, now)
-                if record.client is not None:
-                    guards.client_failures.failed(record.client, now)
-        else:
-            record.backend_error = error.reason
+        if outcome is None:
+            outcome = error
         if error.detail:
             log.info("request %s: %s (%s)", request_id, error.reason, error.detail)
         raise
     finally:
-        metrics.count_auth(record.client or UNKNOWN_CLIENT, path, record.result, record.reason,
-                           record.method or "private_key_jwt")
-        record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        request.app[AUDIT].write(record)
+        _account(request, path, request_id, outcome, started, backend_status, backend_error)
 
 
-async def _read_token_request(request: web.Request, limits: LimitSettings) -> bytes:
+def _account(
+    request: web.Request, path: str, request_id: str, outcome: Approval | GatewayError | None,
+    started: float, backend_status: int | None, backend_error: str | None,
+) -> None:
+    """The audit line and the metrics of one decision, from its outcome."""
+    attempt: Attempt | None
+    if isinstance(outcome, Approval):
+        result, reason, attempt = "accepted", outcome.reason, outcome.attempt
+    else:
+        # None: something unexpected escaped, answered with an opaque 500.
+        result = "rejected"
+        reason = outcome.reason if outcome is not None else "unexpected"
+        attempt = outcome.attempt if outcome is not None else None
+    metrics = request.app[METRICS]
+    record = AuditRecord(request_id=request_id, endpoint=path, result=result, reason=reason,
+                         method=PRIVATE_KEY_JWT, remote=request.remote,
+                         backend_status=backend_status, backend_error=backend_error)
+    if attempt is not None:
+        record.fill(attempt)
+        if attempt.verification_seconds is not None:
+            metrics.verification_seconds.observe(attempt.verification_seconds)
+        if attempt.replay is not None:
+            metrics.count_replay_check(attempt.replay.store, attempt.replay.result,
+                                       attempt.replay.seconds)
+    metrics.count_auth(record.client or UNKNOWN_CLIENT, path, result, reason,
+                       record.method or PRIVATE_KEY_JWT)
+    record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    request.app[AUDIT].write(record)
+
+
+async def _read_token_request(request: web.Request) -> bytes:
     if request.method != "POST":
         raise MethodNotAllowed("method_not_allowed", untrusted(request.method) or "")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding != "identity":
-        raise InvalidRequest("content_encoding", untrusted(encoding) or "")
+        raise UntrustedFraming("content_encoding", untrusted(encoding) or "")
+    limits = request.app[GUARDS].limits
     return await read_body(request, limits.max_body_bytes, limits.body_timeout)
 
 
-async def _forward_legacy(
-    request: web.Request, runtime: Runtime, path: str, request_id: str, body: bytes,
-    record: AuditRecord, refusal: InvalidClient,
-) -> web.StreamResponse:
-    """Migration mode: a shared secret from a client still allowed one goes through as it
-    came (the backend checks the secret), marked deprecated; anyone else gets ``refusal``.
-    """
-    try:
-        claim = identify_secret_client(body, request.headers.get("Authorization"))
-    except GatewayError:
-        raise refusal from None  # unreadable secret credentials: refused as before
-    record.method = claim.method
-    client = runtime.clients.get(claim.client_id)
-    legacy = client.legacy if client is not None else None
-    if client is None or legacy is None or claim.method not in legacy.methods:
-        raise refusal
-    record.client = client.client_id
-    if legacy.deadline is not None and time.time() >= legacy.deadline:
-        raise InvalidClient("legacy_auth_expired", f"{claim.method} after its sunset")
-    record.result, record.reason = "accepted", "legacy_secret"
-    headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP, request_id=request_id)
-    response, record.backend_status = await _forward(request, path, headers, body, request_id)
-    response.headers["Deprecation"] = legacy.deprecation
-    if legacy.sunset is not None:
-        response.headers["Sunset"] = legacy.sunset
-    log.warning("client %s authenticated with %s (migration mode)", client.client_id,
-                claim.method)
-    return response
-
-
-async def _authenticate(
-    request: web.Request, runtime: Runtime, path: str, form: TokenForm, record: AuditRecord
-) -> ClientRuntime:
-    """Look the client up, verify, then record the jti (last)."""
-    started = time.perf_counter()
-    try:  # refused tokens cost CPU too: every attempt is timed
-        client, verified, now = await _identify_and_verify(
-            runtime, form, path, record, request.app[GUARDS])
-    finally:
-        request.app[METRICS].verification_seconds.observe(time.perf_counter() - started)
-    policy = client.policies[path]
-    record.key_thumbprint = verified.key_thumbprint
-    record.jti_hash = jti_digest(client.client_id, verified.jti)
-    fingerprint = (hashlib.sha256(form.assertion.encode("ascii", "replace")).hexdigest()
-                   if client.allow_reuse else None)
-    await _check_replay(request, verified, policy.clock_skew, now, fingerprint)
-    return client
-
-
-async def _identify_and_verify(
-    runtime: Runtime, form: TokenForm, path: str, record: AuditRecord, guards: Guards
-) -> tuple[ClientRuntime, VerifiedAssertion, float]:
-    """Parse the assertion, find its client (client_id, else sub), verify; returns the clock."""
-    parsed = parse_assertion(form.assertion)
-    record.kid, record.alg = untrusted(parsed.kid), untrusted(parsed.header.get("alg"))
-    if form.client_id is not None and parsed.subject != form.client_id:
-        raise InvalidRequest("client_id_mismatch")
-    claimed = form.client_id if form.client_id is not None else parsed.subject
-    client = runtime.clients.get(claimed) if claimed is not None else None
-    if client is None:
-        raise InvalidClient("unknown_client", untrusted(claimed) or "")
-    record.client = client.client_id
-    # Checked before any signature is: a flood of bad assertions for one client costs little.
-    retry_after = guards.client_failures.retry_after(client.client_id, time.monotonic())
-    if retry_after is not None:
-        raise TooManyRequests("too_many_failures", retry_after, "for this client")
-    now = time.time()
-    return client, await _verify(client, parsed, client.policies[path], now), now
-
-
-async def _verify(
-    client: ClientRuntime, parsed: ParsedAssertion, policy: AssertionPolicy, now: float
-) -> VerifiedAssertion:
-    """Verify against the client's keys; on a key miss, refetch a remote set once and retry."""
-    keys = client.keys.current()
-    if keys is None:
-        raise TemporarilyUnavailable("keys_unavailable")
-    try:
-        return verify_assertion(parsed, keys, policy, now)
-    except InvalidClient as error:
-        # A rotated key shows up as an unknown kid (or, without a kid, as no key verifying).
-        if error.reason not in _KEY_MISS or client.keys.kind != "jwks_uri":
-            raise
-        fresh = await client.keys.refresh_for_unknown_kid()
-        if fresh is None or fresh is keys:
-            raise
-    return verify_assertion(parsed, fresh, policy, now)
-
-
-async def _check_replay(
-    request: web.Request, verified: VerifiedAssertion, clock_skew: float, now: float,
-    fingerprint: str | None,
-) -> None:
-    ledger, metrics = request.app[LEDGER], request.app[METRICS]
-    started = time.perf_counter()
-    try:
-        fresh = await ledger.record(verified.client_id, verified.jti,
-                                    verified.exp + clock_skew, now, fingerprint=fingerprint)
-    except GatewayError:
-        metrics.count_replay_check(ledger.name, "error", time.perf_counter() - started)
-        raise
-    metrics.count_replay_check(ledger.name, "fresh" if fresh else "replayed",
-                               time.perf_counter() - started)
-    if not fresh:
-        raise InvalidClient("replayed")
-
-
-async def _forward_endpoint(
-    request: web.Request, path: str, request_id: str, form: TokenForm, client: ClientRuntime
+async def _forward_approved(
+    request: web.Request, path: str, request_id: str, body: bytes, approval: Approval
 ) -> tuple[web.StreamResponse, int]:
-    credential = client.credential
+    """Forward with the backend's credential, or (migration mode) as it came, deprecated."""
+    legacy = approval.legacy
+    if legacy is not None or approval.form is None:
+        headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP,
+                                            request_id=request_id)
+        response, status = await _forward(request, path, headers, body, request_id)
+        if legacy is not None:
+            response.headers["Deprecation"] = legacy.deprecation
+            if legacy.sunset is not None:
+                response.headers["Sunset"] = legacy.sunset
+        log.warning("client %s authenticated with %s (migration mode)",
+                    approval.client.client_id, approval.attempt.method)
+        return response, status
+    backend = approval.client.backend
     headers = forwarded_request_headers(request, skip=_ENDPOINT_SKIP, request_id=request_id)
-    headers.append(("Content-Type", "application/x-www-form-urlencoded"))
-    if credential.authorization is not None:
-        headers.append(("Authorization", credential.authorization))
-    return await _forward(request, path, headers, credential.body(form.params), request_id)
+    headers.append(("Content-Type", FORM_MEDIA_TYPE))
+    if backend.authorization is not None:
+        headers.append(("Authorization", backend.authorization))
+    return await _forward(request, path, headers, backend.body(approval.form.params),
+                          request_id)
 
 
 async def _forward(

@@ -6,7 +6,8 @@ import asyncio
 import io
 import json
 
-from gateway.adapters.audit import AuditLog, AuditRecord, untrusted
+from gateway.adapters.audit import AuditLog, AuditRecord
+from gateway.core.attempt import untrusted
 
 
 class CountingStream(io.StringIO):

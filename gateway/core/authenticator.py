@@ -1,0 +1,212 @@
+"""The authenticator: one token request in, an approval out, or a GatewayError.
+
+detect (form) → resolve the client → brakes → select the credential → verify (signature,
+then claims under the credential's policy) → replay under the credential's mode. The
+ledger is written last, only after every other check passed, so a refused assertion never
+burns its jti. No HTTP, no wall clock of its own: the shell hands in plain values and the
+collaborators, and reads the outcome (an Approval, or the ``attempt`` of the error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from time import perf_counter
+from time import time as wall_time
+from typing import Protocol
+
+from gateway.core.assertion import ParsedAssertion, VerifiedAssertion, parse_assertion
+from gateway.core.attempt import Attempt, ReplayCheck, jti_digest, untrusted
+from gateway.core.brakes import FailureLimiter
+from gateway.core.clients import ClientRuntime, LegacyPolicy
+from gateway.core.credentials import AssertionCredential
+from gateway.core.errors import (
+    GatewayError,
+    InvalidClient,
+    InvalidRequest,
+    KeyMiss,
+    TooManyRequests,
+    UnsupportedAuthMethod,
+)
+from gateway.core.form import TokenForm, parse_form
+from gateway.core.legacy import identify_secret_client
+from gateway.core.replay import ReplayLedger
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock epoch seconds: what token times are compared with."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds that never go back: brakes and timings."""
+        ...
+
+
+class SystemClock:
+    """The process's clocks."""
+
+    time = staticmethod(wall_time)
+    monotonic = staticmethod(perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Brakes:
+    """Failure brakes: token buckets per client id and per client address."""
+
+    per_client: FailureLimiter
+    per_address: FailureLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """A request to an endpoint, reduced to what authentication reads."""
+
+    endpoint: str  # the configured path it came on
+    body: bytes
+    content_type: str | None
+    authorization: str | None  # the Authorization header, if any
+    query_string: str
+    remote: str  # the client's address, "" when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """An authenticated request: who, with what, and what the shell needs to forward it."""
+
+    client: ClientRuntime
+    attempt: Attempt  # client, credential, kid, thumbprint, timings, for audit and metrics
+    form: TokenForm | None  # the parsed form; None in migration mode (forwarded as it came)
+    verified: VerifiedAssertion | None = None  # the verified claims; None in migration mode
+    legacy: LegacyPolicy | None = None  # set when a shared secret was let through
+
+    @property
+    def reason(self) -> str:
+        return "ok" if self.legacy is None else "legacy_secret"
+
+
+class Authenticator:
+    """Authenticates token requests against a runtime snapshot of clients."""
+
+    def __init__(
+        self, ledger: ReplayLedger, brakes: Brakes, *, max_body: int,
+        clock: Clock | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.brakes = brakes
+        self.max_body = max_body
+        self.clock: Clock = clock if clock is not None else SystemClock()
+
+    async def authenticate(
+        self, request: TokenRequest, clients: Mapping[str, ClientRuntime]
+    ) -> Approval:
+        """Authenticate ``request`` against ``clients`` (read once: a reload does not change it).
+
+        Raises GatewayError (InvalidRequest, InvalidClient, TooManyRequests,
+        TemporarilyUnavailable) with ``attempt`` set; every InvalidClient spends a token of
+        the address's and, once known, the client's failure brake.
+        """
+        attempt = Attempt()
+        try:
+            retry_after = self.brakes.per_address.retry_after(request.remote,
+                                                              self.clock.monotonic())
+            if retry_after is not None:
+                raise TooManyRequests("too_many_failures", retry_after, "from this address")
+            try:
+                form = parse_form(request.body, content_type=request.content_type,
+                                  has_authorization=request.authorization is not None,
+                                  query_string=request.query_string, max_body=self.max_body)
+            except UnsupportedAuthMethod as refusal:
+                return self._admit_secret(request, clients, attempt, refusal)
+            return await self._authenticate_assertion(request, form, clients, attempt)
+        except GatewayError as error:
+            error.attempt = attempt
+            if isinstance(error, InvalidClient):  # failed authentications slow down
+                now = self.clock.monotonic()
+                self.brakes.per_address.failed(request.remote, now)
+                if attempt.client is not None:
+                    self.brakes.per_client.failed(attempt.client, now)
+            raise
+
+    async def _authenticate_assertion(
+        self, request: TokenRequest, form: TokenForm, clients: Mapping[str, ClientRuntime],
+        attempt: Attempt,
+    ) -> Approval:
+        clock = self.clock
+        started = clock.monotonic()
+        try:  # refused tokens cost CPU too: every attempt is timed
+            parsed = parse_assertion(form.assertion)
+            attempt.kid, attempt.alg = untrusted(parsed.kid), untrusted(parsed.header.get("alg"))
+            client = self._resolve(form, parsed, clients, attempt)
+            credential = client.credential_for(parsed)
+            attempt.credential = credential.name
+            now = clock.time()
+            try:
+                verified = credential.verify(parsed, request.endpoint, now)
+            except KeyMiss as miss:
+                verified = await credential.verify_after_refresh(
+                    parsed, request.endpoint, now, miss)
+        finally:
+            attempt.verification_seconds = clock.monotonic() - started
+        attempt.key_thumbprint = verified.key_thumbprint
+        attempt.jti_hash = jti_digest(client.client_id, verified.jti)
+        await self._record(credential, verified, form.assertion, request.endpoint, now, attempt)
+        return Approval(client=client, attempt=attempt, form=form, verified=verified)
+
+    def _resolve(
+        self, form: TokenForm, parsed: ParsedAssertion, clients: Mapping[str, ClientRuntime],
+        attempt: Attempt,
+    ) -> ClientRuntime:
+        """The client the request names (client_id, else the assertion's sub), if not braked."""
+        if form.client_id is not None and parsed.subject != form.client_id:
+            raise InvalidRequest("client_id_mismatch")
+        claimed = form.client_id if form.client_id is not None else parsed.subject
+        client = clients.get(claimed) if claimed is not None else None
+        if client is None:
+            raise InvalidClient("unknown_client", untrusted(claimed) or "")
+        attempt.client = client.client_id
+        # Checked before any signature is: a flood of bad assertions for one client costs little.
+        retry_after = self.brakes.per_client.retry_after(client.client_id, self.clock.monotonic())
+        if retry_after is not None:
+            raise TooManyRequests("too_many_failures", retry_after, "for this client")
+        return client
+
+    async def _record(
+        self, credential: AssertionCredential, verified: VerifiedAssertion, assertion: str,
+        endpoint: str, now: float, attempt: Attempt,
+    ) -> None:
+        """Write the ledger, last: raises InvalidClient replayed, or the ledger's 503."""
+        entry = credential.replay_entry(verified, assertion, endpoint)
+        ledger, clock = self.ledger, self.clock
+        started = clock.monotonic()
+        try:
+            fresh = await ledger.record(entry.subject, entry.jti, entry.expires_at, now,
+                                        fingerprint=entry.fingerprint)
+        except GatewayError:
+            attempt.replay = ReplayCheck(ledger.name, "error", clock.monotonic() - started)
+            raise
+        attempt.replay = ReplayCheck(ledger.name, "fresh" if fresh else "replayed",
+                                     clock.monotonic() - started)
+        if not fresh:
+            raise InvalidClient("replayed")
+
+    def _admit_secret(
+        self, request: TokenRequest, clients: Mapping[str, ClientRuntime], attempt: Attempt,
+        refusal: UnsupportedAuthMethod,
+    ) -> Approval:
+        """Migration mode: a shared secret from a client still allowed one goes through as it
+        came (the backend checks the secret, nothing here verifies it); anyone else gets
+        ``refusal``."""
+        try:
+            claim = identify_secret_client(request.body, request.authorization)
+        except GatewayError:
+            raise refusal from None  # unreadable secret credentials: refused as before
+        attempt.method = claim.method
+        client = clients.get(claim.client_id)
+        legacy = client.legacy if client is not None else None
+        if client is None or legacy is None or claim.method not in legacy.methods:
+            raise refusal
+        attempt.client = client.client_id
+        if legacy.deadline is not None and self.clock.time() >= legacy.deadline:
+            raise InvalidClient("legacy_auth_expired", f"{claim.method} after its sunset")
+        return Approval(client=client, attempt=attempt, form=None, legacy=legacy)

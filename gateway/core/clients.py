@@ -1,0 +1,48 @@
+"""Configured clients as the authenticator sees them: credentials, backend credential, legacy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.core.assertion import ParsedAssertion
+from gateway.core.backend_auth import BackendCredential
+from gateway.core.credentials import AssertionCredential
+from gateway.core.keysource import KeySource
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyPolicy:
+    """Shared-secret methods a client may still use, and until when (epoch seconds)."""
+
+    methods: frozenset[str]
+    deadline: float | None  # the first moment refused: the day after `until`, 00:00 UTC
+    sunset: str | None  # that moment as an HTTP-date, for the Sunset header (RFC 8594)
+    # RFC 9745 Deprecation date: deprecated as of the configuration that allowed it.
+    deprecation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRuntime:
+    """One configured client, ready to authenticate and to be forwarded for."""
+
+    client_id: str
+    # What the client may prove itself with; the first is used when an assertion claims
+    # none of them, so its checks name what is wrong.
+    credentials: tuple[AssertionCredential, ...]
+    backend: BackendCredential
+    legacy: LegacyPolicy | None = None  # migration mode: shared secrets still accepted
+
+    def __post_init__(self) -> None:
+        if not self.credentials:
+            raise ValueError(f"client {self.client_id!r} has no credential")
+
+    def key_sources(self) -> tuple[KeySource, ...]:
+        return tuple(source for credential in self.credentials
+                     for source in credential.key_sources())
+
+    def credential_for(self, parsed: ParsedAssertion) -> AssertionCredential:
+        """The credential the assertion claims to be made for, else the first one."""
+        for credential in self.credentials:
+            if credential.matches(parsed):
+                return credential
+        return self.credentials[0]

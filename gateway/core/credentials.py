@@ -1,0 +1,127 @@
+"""Credential kinds: the ways a client may prove itself with a signed assertion.
+
+Each kind brings its own key source, its own claim rules and its own replay mode; the
+authenticator selects one per assertion and runs it, so a new kind (a federated issuer
+trust, a CA-anchored certificate) is a new class here and an entry in the client's
+``credentials``, with no new branch in the authenticator or the HTTP shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from gateway.core.assertion import (
+    AssertionPolicy,
+    ParsedAssertion,
+    VerifiedAssertion,
+    verify_assertion,
+)
+from gateway.core.errors import KeyMiss, TemporarilyUnavailable
+from gateway.core.keysource import KeySource
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayEntry:
+    """What the ledger records for one accepted assertion, and until when."""
+
+    subject: str  # whose jti namespace: two subjects may use the same jti
+    jti: str
+    expires_at: float  # epoch seconds: the assertion's exp plus the clock skew
+    fingerprint: str | None = None  # set when the identical assertion may be re-sent
+
+
+class AssertionCredential(Protocol):
+    """One credential of a client that verifies client assertions."""
+
+    kind: ClassVar[str]  # the credential kind, e.g. registered_keys
+
+    @property
+    def name(self) -> str:
+        """Which credential of the client this is, for the audit log (never key material)."""
+        ...
+
+    def key_sources(self) -> tuple[KeySource, ...]:
+        """The key sources this credential reads (started, closed and watched by the shell)."""
+        ...
+
+    def matches(self, parsed: ParsedAssertion) -> bool:
+        """Whether this credential is the one the assertion claims to be made for."""
+        ...
+
+    def verify(self, parsed: ParsedAssertion, endpoint: str, now: float) -> VerifiedAssertion:
+        """Signature, then claims under this credential's policy for ``endpoint``.
+
+        Raises KeyMiss when no key verified (``verify_after_refresh`` may then help),
+        another InvalidClient for any other failed check, TemporarilyUnavailable when
+        the keys cannot be had.
+        """
+        ...
+
+    async def verify_after_refresh(
+        self, parsed: ParsedAssertion, endpoint: str, now: float, miss: KeyMiss
+    ) -> VerifiedAssertion:
+        """After a key miss: refetch the keys when the source may, and verify again.
+
+        Raises ``miss`` when nothing new came, else as ``verify``.
+        """
+        ...
+
+    def replay_entry(
+        self, verified: VerifiedAssertion, assertion: str, endpoint: str
+    ) -> ReplayEntry:
+        """What the ledger must record for this accepted assertion (this kind's replay mode)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredKeys:
+    """The client's own registered keys (jwks, jwks_file or jwks_uri): iss = sub = client_id.
+
+    Replay mode: each jti once per client until exp + clock_skew; with ``allow_reuse``
+    the byte-identical assertion may come again (MSAL re-sends one), nothing else.
+    """
+
+    kind: ClassVar[str] = "registered_keys"
+
+    client_id: str
+    source: KeySource
+    policies: Mapping[str, AssertionPolicy]  # per endpoint path
+    allow_reuse: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.source.kind
+
+    def key_sources(self) -> tuple[KeySource, ...]:
+        return (self.source,)
+
+    def matches(self, parsed: ParsedAssertion) -> bool:
+        return parsed.claims.get("iss") == self.client_id
+
+    def verify(self, parsed: ParsedAssertion, endpoint: str, now: float) -> VerifiedAssertion:
+        keys = self.source.current()
+        if keys is None:
+            raise TemporarilyUnavailable("keys_unavailable")
+        return verify_assertion(parsed, keys, self.policies[endpoint], now)
+
+    async def verify_after_refresh(
+        self, parsed: ParsedAssertion, endpoint: str, now: float, miss: KeyMiss
+    ) -> VerifiedAssertion:
+        # A rotated key shows up as an unknown kid (or, without a kid, as no key verifying).
+        held = self.source.current()
+        fresh = await self.source.refresh_for_unknown_kid()
+        if fresh is None or fresh is held:
+            raise miss
+        return verify_assertion(parsed, fresh, self.policies[endpoint], now)
+
+    def replay_entry(
+        self, verified: VerifiedAssertion, assertion: str, endpoint: str
+    ) -> ReplayEntry:
+        # Remembered until it can no longer pass the expiry check: exp plus the skew.
+        expires_at = verified.exp + self.policies[endpoint].clock_skew
+        fingerprint = (hashlib.sha256(assertion.encode("ascii", "replace")).hexdigest()
+                       if self.allow_reuse else None)
+        return ReplayEntry(self.client_id, verified.jti, expires_at, fingerprint)
