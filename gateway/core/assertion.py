@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.errors import GatewayError, InvalidClient
+from gateway.core.certificates import check_certificate_binding, check_x5c_shape
+from gateway.core.errors import GatewayError, InvalidClient, KeyMiss
 from gateway.core.keyset import EDDSA_NAMES, JWS_ALGORITHMS, KeySet, VerificationKey, select_keys
 
 MAX_TOKEN_LENGTH = 16 * 1024
@@ -18,9 +19,10 @@ MAX_NUMERIC_DATE = 1e12  # year 33658: anything later is nonsense, not a long-li
 ASSERTION_TYP = "client-authentication+jwt"
 
 # Header members a client assertion may carry. Everything else (crit, b64, jwk, jku, x5u,
-# x5c, zip, enc, ...) either changes how the token must be processed or points at keys
-# the client chose itself: refused instead of ignored.
-ALLOWED_HEADER_MEMBERS = frozenset({"alg", "kid", "typ", "x5t", "x5t#S256"})
+# zip, enc, ...) either changes how the token must be processed or points at keys the
+# client chose itself: refused instead of ignored. x5c is allowed because MSAL always
+# sends it; it is never a source of keys, only checked against the key that verified.
+ALLOWED_HEADER_MEMBERS = frozenset({"alg", "kid", "typ", "x5t", "x5t#S256", "x5c"})
 # typ values (lower-cased; RFC 7515 §4.1.9 lets "application/" be omitted) -> explicitly typed?
 _TYP_VALUES = {
     "jwt": False,
@@ -77,7 +79,8 @@ def parse_assertion(token: str) -> ParsedAssertion:
 
     Raises InvalidClient with reason ``malformed`` (shape, size, base64url, JSON, duplicate
     members, payload not an object), ``bad_header`` (header not an object, missing alg,
-    a member that is not a string) or ``forbidden_header`` (a member outside the allowed set).
+    a member that is not a string, an x5c that is not an array of 1..10 base64 strings of
+    bounded size) or ``forbidden_header`` (a member outside the allowed set).
     """
     try:
         return _parse(token)
@@ -93,8 +96,9 @@ def verify_assertion(
     """Check the header against the policy, the signature against the client's keys, then claims.
 
     Raises InvalidClient with reason alg_not_allowed, bad_typ, missing_typ, no_matching_key,
-    bad_signature, bad_issuer, bad_subject, bad_audience, missing_exp, expired,
-    issued_in_future, not_yet_valid, lifetime_too_long, missing_jti, bad_jti or bad_claims.
+    bad_signature, bad_header (x5c not a certificate), certificate_key_mismatch, bad_issuer,
+    bad_subject, bad_audience, missing_exp, bad_time_window, expired, issued_in_future,
+    not_yet_valid, lifetime_too_long, missing_jti, bad_jti or bad_claims.
     """
     try:
         header = parsed.header
@@ -102,6 +106,8 @@ def verify_assertion(
         _check_algorithm(alg, policy)
         _check_typ(header.get("typ"), policy.require_typ)
         key = _verify_signature(parsed, alg, select_keys(header, keys, alg))
+        if "x5c" in header:  # only assertions carrying a certificate pay for parsing it
+            check_certificate_binding(header["x5c"], key.key)
         jti, exp = _check_claims(parsed.claims, policy, now)
     except GatewayError:
         raise
@@ -129,7 +135,9 @@ def _parse(token: str) -> ParsedAssertion:
     if "alg" not in header:
         raise InvalidClient("bad_header", "no alg")
     for name, value in header.items():
-        if type(value) is not str:
+        if name == "x5c":
+            check_x5c_shape(value)
+        elif type(value) is not str:
             raise InvalidClient("bad_header", f"{name} is not a string")
     claims = _decode_json(payload_segment, "payload")
     if type(claims) is not dict:
@@ -211,7 +219,7 @@ def _verify_signature(
             valid = False
         if valid:
             return key
-    raise InvalidClient("bad_signature", f"{len(candidates)} key(s) tried")
+    raise KeyMiss("bad_signature", f"{len(candidates)} key(s) tried")
 
 
 def _check_claims(
@@ -228,6 +236,9 @@ def _check_claims(
     exp = _numeric_date(claims, "exp")
     iat = _numeric_date(claims, "iat") if "iat" in claims else None
     nbf = _numeric_date(claims, "nbf") if "nbf" in claims else None
+    # An empty or inverted window is no assertion at all, however the skew would treat it.
+    if (iat is not None and exp <= iat) or (nbf is not None and nbf >= exp):
+        raise InvalidClient("bad_time_window", f"iat {iat} nbf {nbf} exp {exp}")
     skew = policy.clock_skew
     if exp + skew <= now:
         raise InvalidClient("expired", f"exp {exp} now {now}")

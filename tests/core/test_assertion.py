@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
+import textwrap
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli.mint import generate_key, load_private_key, mint_assertion
+from gateway.core import certificates
 from gateway.core.assertion import (
     MAX_JTI_LENGTH,
     MAX_TOKEN_LENGTH,
@@ -30,6 +37,7 @@ from tests.support.tokens import (
     CLIENT_ID,
     NOW,
     OMIT,
+    Signer,
     b64url,
     compact,
     encode_segment,
@@ -61,7 +69,7 @@ def refused(token: str, keys: KeySet, policy: AssertionPolicy = POLICY,
     with pytest.raises(GatewayError) as caught:
         check(token, keys, policy, now)
     exc = caught.value
-    assert type(exc) is InvalidClient
+    assert isinstance(exc, InvalidClient)  # KeyMiss (a key miss) is one too
     assert (exc.code, exc.status) == ("invalid_client", 401)
     return exc
 
@@ -184,7 +192,6 @@ FORBIDDEN: dict[str, dict[str, Any]] = {
     "jwk": {"jwk": ES.public_jwk},
     "jku": {"jku": "https://attacker.example/jwks.json"},
     "x5u": {"x5u": "https://attacker.example/cert.pem"},
-    "x5c": {"x5c": ["MIIB"]},
     "zip": {"zip": "DEF"},
     "enc": {"enc": "A128GCM"},
     "cty": {"cty": "JWT"},
@@ -405,6 +412,135 @@ def test_kid_takes_precedence_over_thumbprint() -> None:
     assert check(a.assertion(header={"x5t": _thumb(CERT_B, "sha1")}), a.keyset())
 
 
+# ---------------------------------------------------------------- x5c: checked, never a key
+
+
+def _certificate(signer: Signer) -> str:
+    """A self-signed certificate for the signer's key, as x5c holds it (standard base64 DER)."""
+    key = signer.private_key.raw_value
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLIENT_ID)])
+    start = datetime.datetime.fromtimestamp(NOW, datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return base64.b64encode(cert.public_bytes(Encoding.DER)).decode("ascii")
+
+
+def _pem_lines(certificate: str, newline: str = "\n") -> str:
+    # What MSAL puts in x5c: the PEM body, line breaks kept.
+    return newline.join(textwrap.wrap(certificate, 64))
+
+
+PS = make_signer("PS256")
+ES_CERT, OTHER_ES_CERT, RS_CERT = _certificate(ES), _certificate(OTHER_ES), _certificate(RS)
+
+
+@pytest.mark.parametrize(
+    ("signer", "x5c"),
+    [
+        pytest.param(ES, [ES_CERT], id="es256-own-certificate"),
+        pytest.param(PS, [RS_CERT], id="ps256-own-certificate"),
+        pytest.param(ES, [_pem_lines(ES_CERT)], id="pem-line-breaks"),
+        pytest.param(ES, [_pem_lines(ES_CERT, "\r\n")], id="pem-crlf-line-breaks"),
+        pytest.param(ES, [ES_CERT, OTHER_ES_CERT, RS_CERT], id="chain-only-first-checked"),
+        pytest.param(ES, [ES_CERT] * certificates.MAX_X5C_CERTIFICATES, id="chain-of-maximum"),
+    ],
+)
+def test_x5c_certifying_the_verifying_key_is_accepted(signer: Signer, x5c: list[str]) -> None:
+    token = signer.assertion(header={"x5c": x5c})
+    assert check(token, signer.keyset()).key_thumbprint == signer.keyset().keys[0].thumbprint
+
+
+def test_msal_certificate_header_is_accepted() -> None:
+    # MSAL with public_certificate: PS256, padded x5t#S256, x5c with line breaks, no kid.
+    der = base64.b64decode(RS_CERT)
+    thumbprint = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode()
+    signer = make_signer("PS256", kid=None).with_jwk(**{"x5t#S256": thumbprint.rstrip("=")})
+    header = {"alg": "PS256", "typ": "JWT", "x5t#S256": thumbprint, "x5c": [_pem_lines(RS_CERT)]}
+    claims = valid_claims(iat=NOW - 0.5, exp=NOW + 299.5)
+    assert check(signer.sign(header, claims), signer.keyset()).alg == "PS256"
+
+
+def _not_a_certificate() -> str:
+    return base64.b64encode(b"\x30\x03\x02\x01\x01").decode()  # DER, but not a certificate
+
+
+X5C_REFUSALS: list[Any] = [
+    pytest.param(ES, [OTHER_ES_CERT], "certificate_key_mismatch", id="certificate-of-another-key"),
+    pytest.param(ES, [RS_CERT], "certificate_key_mismatch", id="certificate-of-another-key-type"),
+    pytest.param(ES, [OTHER_ES_CERT, ES_CERT], "certificate_key_mismatch",
+                 id="own-certificate-second-in-chain"),
+    pytest.param(ES, ["MIIB"], "bad_header", id="truncated-certificate"),
+    pytest.param(ES, [_not_a_certificate()], "bad_header", id="der-not-a-certificate"),
+    pytest.param(ES, [ES_CERT[:-8]], "bad_header", id="certificate-cut-short"),
+    pytest.param(ES, [ES_CERT.rstrip("=") + "==="], "bad_header", id="certificate-bad-padding"),
+    pytest.param(ES, [ES_CERT.rstrip("=") + "A="], "bad_header", id="certificate-trailing-data"),
+    pytest.param(ES, [], "bad_header", id="empty-array"),
+    pytest.param(ES, [""], "bad_header", id="empty-string"),
+    pytest.param(ES, ["\n"], "bad_header", id="only-a-line-break"),
+    pytest.param(ES, ES_CERT, "bad_header", id="string-not-array"),
+    pytest.param(ES, {"0": ES_CERT}, "bad_header", id="object-not-array"),
+    pytest.param(ES, None, "bad_header", id="null"),
+    pytest.param(ES, [[ES_CERT]], "bad_header", id="nested-array"),
+    pytest.param(ES, [ES_CERT, 7], "bad_header", id="number-in-chain"),
+    pytest.param(ES, ["garbage!"], "bad_header", id="not-base64"),
+    pytest.param(ES, [ES_CERT.replace("+", "-").replace("/", "_") + "-_"], "bad_header",
+                 id="base64url-alphabet"),
+    pytest.param(ES, [ES_CERT[:40] + " " + ES_CERT[40:]], "bad_header", id="inner-space"),
+    pytest.param(ES, [ES_CERT] * (certificates.MAX_X5C_CERTIFICATES + 1), "bad_header",
+                 id="too-many-certificates"),
+    pytest.param(ES, ["A" * (certificates.MAX_X5C_CHARS + 4)], "bad_header",
+                 id="oversized-certificate"),
+    pytest.param(ES, [ES_CERT, "A" * (certificates.MAX_X5C_CHARS - len(ES_CERT) + 4)],
+                 "bad_header", id="oversized-chain"),
+]
+
+
+@pytest.mark.parametrize(("signer", "x5c", "reason"), X5C_REFUSALS)
+def test_x5c_refusals(signer: Signer, x5c: Any, reason: str) -> None:
+    token = signer.assertion(header={"x5c": x5c})
+    assert len(token) <= MAX_TOKEN_LENGTH  # refused for its x5c, not for its length
+    exc = refused(token, signer.keyset())
+    assert (exc.code, exc.status, exc.reason) == ("invalid_client", 401, reason)
+    assert exc.description == "Client authentication failed."
+
+
+@pytest.mark.parametrize(
+    ("kid", "reason"),
+    [
+        pytest.param(OMIT, "bad_signature", id="no-kid"),
+        pytest.param(ES.kid, "bad_signature", id="registered-kid"),
+        pytest.param(OTHER_ES.kid, "no_matching_key", id="own-kid"),
+    ],
+)
+def test_x5c_is_never_a_source_of_keys(kid: Any, reason: str) -> None:
+    # Signed by a key the client never registered, with a certificate for exactly that key.
+    token = OTHER_ES.assertion(header={"kid": kid, "x5c": [OTHER_ES_CERT]})
+    assert refused(token, ES.keyset()).reason == reason
+
+
+def test_certificate_is_read_only_for_a_verified_signature() -> None:
+    certificates._certified_key.cache_clear()
+    check(ES.assertion(), ES.keyset())
+    forged = _es_signature(ES.assertion(header={"x5c": [ES_CERT]}), b"\1" * 64)
+    assert refused(forged, ES.keyset()).reason == "bad_signature"
+    assert certificates._certified_key.cache_info().currsize == 0
+    for _ in range(3):
+        check(ES.assertion(header={"x5c": [ES_CERT]}), ES.keyset())
+    info = certificates._certified_key.cache_info()
+    assert (info.misses, info.hits) == (1, 2)  # one certificate, parsed once
+
+
+def test_certificate_cache_stays_bounded() -> None:
+    certificates._certified_key.cache_clear()
+    for index in range(certificates.CERTIFICATE_CACHE_SIZE + 10):
+        token = ES.assertion(header={"x5c": [base64.b64encode(b"%d" % index).decode()]})
+        assert refused(token, ES.keyset()).reason == "bad_header"
+    cache = certificates._certified_key.cache_info()
+    assert cache.currsize == certificates.CERTIFICATE_CACHE_SIZE
+
+
 # ---------------------------------------------------------------- claims
 
 SKEW = POLICY.clock_skew
@@ -486,6 +622,42 @@ def test_claim_refusals(overrides: dict[str, Any], reason: str) -> None:
     ],
 )
 def test_claims_accepted(overrides: dict[str, Any]) -> None:
+    assert check(ES.assertion(**overrides), ES.keyset()).client_id == CLIENT_ID
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"iat": NOW, "exp": NOW}, id="exp-equals-iat"),
+        pytest.param({"iat": NOW, "exp": NOW - 1}, id="exp-before-iat"),
+        pytest.param({"iat": NOW + SKEW, "exp": NOW + 1}, id="exp-before-iat-in-future"),
+        pytest.param({"iat": NOW + 0.5, "exp": NOW + 0.25}, id="exp-before-iat-fractional"),
+        pytest.param({"iat": OMIT, "nbf": NOW + 5, "exp": NOW + 5}, id="nbf-equals-exp"),
+        pytest.param({"nbf": NOW + 10, "exp": NOW + 5}, id="nbf-after-exp"),
+        pytest.param({"iat": OMIT, "nbf": NOW - 1, "exp": NOW - 2}, id="nbf-after-exp-no-iat"),
+        pytest.param({"iat": NOW - 5, "nbf": NOW + 5, "exp": NOW + 5},
+                     id="nbf-equals-exp-after-iat"),
+    ],
+)
+def test_empty_or_inverted_time_window_is_refused(overrides: dict[str, Any]) -> None:
+    # Every case is inside the clock skew: only the window itself is wrong.
+    claims = valid_claims(**overrides)
+    assert claims["exp"] + SKEW > NOW and claims.get("iat", NOW) <= NOW + SKEW
+    assert claims.get("nbf", NOW) <= NOW + SKEW
+    exc = refused(ES.sign(ES.header(), claims), ES.keyset())
+    assert (exc.code, exc.status, exc.reason) == ("invalid_client", 401, "bad_time_window")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"iat": NOW, "exp": NOW + 0.001}, id="exp-just-after-iat"),
+        pytest.param({"nbf": NOW + 4.999, "exp": NOW + 5}, id="nbf-just-before-exp"),
+        pytest.param({"iat": NOW, "nbf": NOW - 30, "exp": NOW + 60}, id="nbf-before-iat"),
+        pytest.param({"iat": NOW, "nbf": NOW, "exp": NOW + 60}, id="nbf-equals-iat"),
+    ],
+)
+def test_narrow_time_windows_are_accepted(overrides: dict[str, Any]) -> None:
     assert check(ES.assertion(**overrides), ES.keyset()).client_id == CLIENT_ID
 
 
@@ -584,7 +756,8 @@ JSON_VALUES = st.recursive(
     | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=8,
 )
-HEADER_NAMES = st.sampled_from(["alg", "kid", "typ", "x5t", "x5t#S256", "crit", "b64", "jwk"])
+HEADER_NAMES = st.sampled_from(["alg", "kid", "typ", "x5t", "x5t#S256", "x5c", "crit", "b64",
+                                "jwk"])
 HEADERS = st.dictionaries(HEADER_NAMES, JSON_VALUES | st.sampled_from(
     ["ES256", "RS256", "none", "HS256", "EdDSA", "es256-0", "JWT"]), max_size=4)
 CLAIM_NAMES = st.sampled_from(["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "x"])

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import gzip
+import hashlib
 import json
+import textwrap
 import time
 import uuid
 from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
 from tests.conftest import (
@@ -309,14 +316,20 @@ ASSERTION_CASES = [
                                                iat=int(time.time())), "lifetime_too_long"),
     _case("iat-in-future", lambda s: token(s, iat=int(time.time()) + 60,
                                            exp=int(time.time()) + 90), "issued_in_future"),
-    _case("nbf-in-future", lambda s: token(s, nbf=int(time.time()) + 60), "not_yet_valid"),
+    _case("nbf-in-future", lambda s: token(s, nbf=int(time.time()) + 60,
+                                           exp=int(time.time()) + 120), "not_yet_valid"),
+    _case("exp-equals-iat", lambda s: token(s, iat=int(time.time()), exp=int(time.time())),
+          "bad_time_window"),
+    _case("nbf-after-exp", lambda s: token(s, nbf=int(time.time()) + 5,
+                                           exp=int(time.time()) + 2), "bad_time_window"),
     _case("jti-missing", lambda s: token(s, jti=DROP), "missing_jti"),
     _case("jti-too-long", lambda s: token(s, jti="j" * 257), "bad_jti"),
     _case("typ-wrong", lambda s: token(s, header(s, typ="at+jwt")), "bad_typ"),
     _case("jwk-header", lambda s: token(s, header(s, jwk=s.public_jwk)), "forbidden_header"),
     _case("jku-header", lambda s: token(s, header(s, jku="https://evil.test/jwks")),
           "forbidden_header"),
-    _case("x5c-header", lambda s: token(s, header(s, x5c=["MIIB"])), "forbidden_header"),
+    _case("x5c-not-a-certificate", lambda s: token(s, header(s, x5c=["MIIB"])), "bad_header"),
+    _case("x5c-not-an-array", lambda s: token(s, header(s, x5c="MIIB")), "bad_header"),
     _case("crit-header", lambda s: token(s, header(s, crit=["kid"])), "forbidden_header"),
     _case("unknown-kid", lambda s: token(s, header(s, kid="not-registered")), "no_matching_key"),
     _case("alg-none", lambda s: _unsigned(claims(), "AAAA"), "alg_not_allowed"),
@@ -392,6 +405,59 @@ async def test_require_typ_refuses_a_plain_jwt(
                   "invalid_client", "missing_typ")
     typed = token(gw.signer, header(gw.signer, typ="client-authentication+jwt"))
     assert (await gw.post(gw.form(typed)))[0] == 200
+
+
+def _certificate_lines(signer: Signer) -> str:
+    """A self-signed certificate for the signer's key as MSAL puts it in x5c: PEM body lines."""
+    key = signer.private_key.raw_value
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLIENT)])
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return "\n".join(textwrap.wrap(base64.b64encode(cert.public_bytes(Encoding.DER)).decode(), 64))
+
+
+def _msal_header(signer: Signer, x5c: list[str]) -> dict[str, Any]:
+    der = base64.b64decode(x5c[0].replace("\n", ""))
+    thumbprint = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode()  # padded
+    return {"alg": "PS256", "typ": "JWT", "x5t#S256": thumbprint, "x5c": x5c}
+
+
+async def test_msal_certificate_chain_in_the_header_is_accepted(
+    start_gateway: GatewayFactory, backend: Backend
+) -> None:
+    signer = make_signer("PS256", kid=None)
+    gw = await start_gateway(signer)
+    status, _, body = await gw.post(gw.form(token(signer, _msal_header(
+        signer, [_certificate_lines(signer), _certificate_lines(make_signer("ES256"))]))))
+    assert (status, body["token_type"]) == (200, "Bearer")
+    assert len(backend.seen) == 1 and gw.audit_lines()[-1]["result"] == "accepted"
+
+
+async def test_certificate_of_another_key_is_refused(
+    start_gateway: GatewayFactory, backend: Backend
+) -> None:
+    signer, other = make_signer("PS256", kid=None), make_signer("PS256", kid=None, slot=1)
+    gw = await start_gateway(signer)
+    status, _, body = await gw.post(gw.form(token(signer, _msal_header(
+        signer, [_certificate_lines(other)]))))
+    assert (status, body) == (401, {"error": "invalid_client",
+                                    "error_description": "Client authentication failed."})
+    assert gw.audit_lines()[-1]["reason"] == "certificate_key_mismatch"
+    # The same certificate carried by a token its key signed: the key must be registered.
+    await refused(gw, backend, gw.form(token(other, _msal_header(
+        other, [_certificate_lines(other)]))), 401, "invalid_client", "bad_signature")
+
+
+async def test_empty_time_window_inside_the_skew_is_refused(gw: Running, backend: Backend) -> None:
+    now = int(time.time())
+    status, _, body = await gw.post(gw.form(token(gw.signer, iat=now, exp=now - 1)))
+    assert (status, body) == (401, {"error": "invalid_client",
+                                    "error_description": "Client authentication failed."})
+    assert gw.audit_lines()[-1]["reason"] == "bad_time_window"
+    assert backend.seen == []
 
 
 async def test_error_body_does_not_say_which_check_failed(gw: Running, backend: Backend) -> None:

@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from aiohttp import web
@@ -87,6 +88,40 @@ async def test_successes_do_not_spend_the_budget(
     gw = await start_gateway(limits="limits: {failures_per_client: {rate: 0.1, burst: 1}}")
     for _ in range(5):
         assert (await gw.post(gw.form(_good(gw))))[0] == 200
+
+
+FORM_CONTENT_TYPE = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _body_of_size(gw: Running, size: int) -> bytes:
+    """A valid token request padded with a scope to exactly ``size`` bytes."""
+    form = gw.form(_good(gw), scope="")
+    body = urlencode({**form, "scope": "s" * (size - len(urlencode(form)))}).encode()
+    assert len(body) == size
+    return body
+
+
+async def test_a_body_limit_above_64_kib_is_honoured(
+    start_gateway: GatewayFactory, backend: Backend
+) -> None:
+    limit = 128 * 1024
+    gw = await start_gateway(limits=f"limits: {{max_body_bytes: {limit}}}")
+    large = _body_of_size(gw, 100 * 1024)
+    status, _, body = await gw.post(large, headers=FORM_CONTENT_TYPE)
+    assert (status, body["token_type"]) == (200, "Bearer")
+    [seen] = backend.seen
+    assert seen.form()[-1] == parse_qsl(large.decode())[-1]  # the scope, all of it
+    status, _, _ = await gw.post(_body_of_size(gw, limit), headers=FORM_CONTENT_TYPE)
+    assert status == 200 and len(backend.seen) == 2
+
+    status, headers, body = await gw.post(_body_of_size(gw, limit + 1), headers=FORM_CONTENT_TYPE)
+    assert (status, body) == (400, {
+        "error": "invalid_request",
+        "error_description": "The request is missing a required parameter or is otherwise "
+                             "malformed."})
+    assert headers["Cache-Control"] == "no-store"
+    assert gw.audit_lines()[-1]["reason"] == "body_too_large"
+    assert len(backend.seen) == 2
 
 
 async def test_a_body_sent_too_slowly_is_refused(start_gateway: GatewayFactory) -> None:
