@@ -8,7 +8,7 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -28,6 +28,39 @@ class BackendUnavailable(Exception):
 
 class BackendTimeout(BackendUnavailable):
     """The backend did not answer within the request's budget (the caller says 504)."""
+
+
+class UnsendableRequest(Exception):
+    """The request line or a header cannot be written safely (the caller says 400).
+
+    Raised before anything is written: the pooled connection stays usable.
+    """
+
+
+Stage = Literal["acquire", "connect", "write", "read"]
+# The foreign failures the client meets, by where it meets them. Each becomes one of the
+# client's own exceptions there; anything else propagates as it is (a bug, not the backend).
+FOREIGN_FAILURES: dict[Stage, tuple[type[Exception], ...]] = {
+    "acquire": (TimeoutError,),  # no pooled connection or free slot before the deadline
+    "connect": (OSError,),  # refused, unreachable, TLS (ssl.SSLError), TimeoutError
+    "write": (OSError, RuntimeError),  # uvloop refuses writes on a closing handle
+    "read": (httptools.HttpParserError, httptools.HttpParserUpgrade),
+}
+_STAGE_REASONS: dict[Stage, str] = {
+    "acquire": "backend_timeout", "connect": "backend_unreachable", "write": "backend_closed",
+    "read": "bad_reply",
+}
+
+
+def backend_error_for(exc: BaseException, stage: Stage) -> BackendUnavailable | None:
+    """The client's own exception for a foreign one met at ``stage``: BackendTimeout for a
+    TimeoutError (an OSError too, so matched first), else BackendUnavailable; None for an
+    exception ``stage`` does not expect."""
+    if not isinstance(exc, FOREIGN_FAILURES[stage]):
+        return None
+    if isinstance(exc, TimeoutError):
+        return BackendTimeout(f"backend_timeout: {stage}")
+    return BackendUnavailable(f"{_STAGE_REASONS[stage]}: {type(exc).__name__}")
 
 
 @dataclass(slots=True)
@@ -70,8 +103,11 @@ class _Connection(asyncio.Protocol):
         self.head, self.received, self.done, self.reusable = head, 0, None, True
         try:
             cast(asyncio.Transport, self.transport).write(data)
-        except (RuntimeError, OSError) as exc:  # uvloop refuses writes on a closing handle
-            self.fail(BackendUnavailable(f"backend_closed: {type(exc).__name__}"))
+        except Exception as exc:
+            failure = backend_error_for(exc, "write")
+            if failure is None:
+                raise
+            self.fail(failure)
         return waiter
 
     def time_out(self) -> None:
@@ -128,8 +164,11 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self.fail(BackendUnavailable(f"bad_reply: {type(exc).__name__}"))
+        except Exception as exc:
+            failure = backend_error_for(exc, "read")
+            if failure is None:
+                raise
+            self.fail(failure)
             return
         if self.done is not None:
             self.finish(self.done)
@@ -225,8 +264,8 @@ class BackendClient:
                       body: bytes) -> BackendReply:
         """Send one request and read the whole reply; never retried (it may have arrived).
 
-        Raises ValueError before anything is written if the request cannot be written safely,
-        BackendTimeout when the budget runs out, BackendUnavailable on any other failure.
+        Raises UnsendableRequest before anything is written if the request cannot be written
+        safely, BackendTimeout when the budget runs out, BackendUnavailable on any other failure.
         """
         data = self._encode(method, path_qs, headers, body)
         loop = self._loop
@@ -261,21 +300,24 @@ class BackendClient:
     def _encode(self, method: str, path_qs: str, headers: Sequence[tuple[str, str]],
                 body: bytes) -> bytes:
         if _TOKEN.fullmatch(method) is None or _PATH.fullmatch(path_qs) is None:
-            raise ValueError(f"cannot send request line {method!r} {path_qs!r}")
+            raise UnsendableRequest(f"cannot send request line {method!r} {path_qs!r}")
         lines = [method, " ", path_qs, self._request_tail]
         for name, value in headers:
             if _TOKEN.fullmatch(name) is None:
-                raise ValueError(f"bad header name {name!r}")
+                raise UnsendableRequest(f"bad header name {name!r}")
             lines.append(f"{name}: {value}\r\n")
         if body or method not in _BODYLESS_METHODS:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
-        head = "".join(lines).encode("utf-8", "surrogateescape")
+        try:
+            head = "".join(lines).encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:  # a lone surrogate outside surrogateescape's range
+            raise UnsendableRequest("a surrogate in the request line or a header") from exc
         # A CR or LF we did not write is how requests get smuggled; checked after encoding
         # because surrogateescape can turn "\udc0d" into a raw CR.
         breaks = len(lines) - 2
         if head.count(b"\r") != breaks or head.count(b"\n") != breaks or b"\0" in head:
-            raise ValueError("CR, LF or NUL in the request line or a header")
+            raise UnsendableRequest("CR, LF or NUL in the request line or a header")
         return head + body if body else head
 
     def _take_idle(self, now: float) -> _Connection | None:
@@ -307,8 +349,11 @@ class BackendClient:
                         return await self._connect(loop, deadline)
                     if not conn.closed:
                         return conn
-        except TimeoutError as exc:
-            raise BackendTimeout("backend_timeout: no connection in time") from exc
+        except Exception as exc:
+            failure = backend_error_for(exc, "acquire")
+            if failure is None:
+                raise
+            raise failure from exc
         raise BackendUnavailable("client_closed")
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
@@ -323,11 +368,10 @@ class BackendClient:
         except BaseException as exc:
             if conn.transport is None:  # otherwise connection_lost gives the slot back
                 self._hand_on(None)
-            if isinstance(exc, TimeoutError):
-                raise BackendTimeout("backend_timeout: connect") from exc
-            if isinstance(exc, OSError):
-                raise BackendUnavailable(f"backend_unreachable: {type(exc).__name__}") from exc
-            raise
+            failure = backend_error_for(exc, "connect")
+            if failure is None:
+                raise
+            raise failure from exc
         if self._closed:
             conn.abort()
             raise BackendUnavailable("client_closed")

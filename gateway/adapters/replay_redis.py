@@ -34,6 +34,12 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ChildDeadlockedError,
+    IncorrectPolicyType,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.core.errors import TemporarilyUnavailable
@@ -47,6 +53,13 @@ DEFAULT_LOCAL_MAX_ENTRIES = 100_000
 SOCKET_TIMEOUT = 0.2
 MAX_BATCH = 128  # checks per pipeline; a larger burst goes out as several pipelines
 _PLAIN_CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]+")
+# Every way the store fails to answer: each class redis-py defines (RedisClusterException,
+# ChildDeadlockedError and IncorrectPolicyType are not RedisErrors), our budget's TimeoutError
+# and the socket's OSError.
+STORE_FAILURES: tuple[type[Exception], ...] = (
+    RedisError, RedisClusterException, ChildDeadlockedError, IncorrectPolicyType, TimeoutError,
+    OSError,
+)
 
 
 def redis_key(client_id: str, jti: str) -> str:
@@ -141,14 +154,12 @@ class RedisReplayLedger:
                         await self.client.initialize()  # a no-op once loaded
                     previous = await self.client.set(key, token, nx=True, px=ttl, get=True)
         except Exception as exc:
-            # Broad on purpose: RedisError, RedisClusterException (not a RedisError), our
-            # budget's TimeoutError, OSError, and redis-py's own slips (an AttributeError from
-            # a cold cluster client was seen here) all mean no answer: fail closed.
+            # Broad on purpose, as translate_redis_error says: no answer means fail closed.
             self._healthy = False
-            raise _unavailable(exc) from exc
+            raise translate_redis_error(exc) from exc
         if isinstance(previous, _Failed):
             self._healthy = False
-            raise _unavailable(previous.error) from previous.error
+            raise translate_redis_error(previous.error) from previous.error
         self._healthy = True
         if isinstance(previous, bytes):
             previous = previous.decode("utf-8", "replace")
@@ -236,9 +247,17 @@ def _settle(batch: list[_Claim], error: BaseException) -> None:
             claim.reply.set_result(failed)
 
 
-def _unavailable(exc: BaseException) -> TemporarilyUnavailable:
-    detail = f"{type(exc).__name__}: {exc}"[:200]
-    return TemporarilyUnavailable("replay_store_unavailable", detail)
+def translate_redis_error(exc: BaseException) -> TemporarilyUnavailable:
+    """The ledger's answer when the store gave none: always 503 ``replay_store_unavailable``.
+
+    An exception outside STORE_FAILURES is refused all the same, because redis-py also slips
+    (an AttributeError or KeyError from a cluster client whose topology is loading or
+    changing); its detail starts with ``unexpected`` so the log tells it from an outage.
+    """
+    detail = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, STORE_FAILURES):
+        detail = f"unexpected {detail}"
+    return TemporarilyUnavailable("replay_store_unavailable", detail[:200])
 
 
 class _RecentJtis:

@@ -12,9 +12,10 @@ from gateway.adapters.backend_client import (
     BackendReply,
     BackendTimeout,
     BackendUnavailable,
+    UnsendableRequest,
 )
 from gateway.config.settings import BackendSettings
-from gateway.core.errors import BadGateway, GatewayTimeout, InvalidRequest
+from gateway.core.errors import BadGateway, GatewayError, GatewayTimeout, InvalidRequest
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus fields the gateway recomputes itself.
 HOP_BY_HOP = frozenset(
@@ -27,6 +28,22 @@ _REPLY_SKIP = HOP_BY_HOP | {"content-length"}
 # Node's http server (many IdPs) closes idle connections after 5 s, and a POST is never retried
 # on a stale connection: keep our idle time below the backend's.
 DEFAULT_BACKEND_KEEPALIVE = 4.0
+# What each failure the backend client reports becomes, most specific first (a BackendTimeout
+# is a BackendUnavailable). Anything else it raises is a bug and surfaces as a 500.
+BACKEND_FAILURES: tuple[tuple[type[Exception], type[GatewayError], str], ...] = (
+    (BackendTimeout, GatewayTimeout, "backend_timeout"),
+    (BackendUnavailable, BadGateway, "backend_unreachable"),
+    (UnsendableRequest, InvalidRequest, "unforwardable"),
+)
+_CAUGHT = tuple(kind for kind, _, _ in BACKEND_FAILURES)
+
+
+def gateway_error_for(exc: BaseException) -> GatewayError | None:
+    """The answer for a failure the backend client reported; None for any other exception."""
+    for kind, error, reason in BACKEND_FAILURES:
+        if isinstance(exc, kind):
+            return error(reason, str(exc)[:120])  # may quote a client's header name
+    return None
 
 
 def _connection_named(values: Iterable[str]) -> frozenset[str]:
@@ -86,16 +103,16 @@ class Upstream:
         """Send one request and build the relayed answer; returns it with the backend status.
 
         Raises BadGateway when the backend refuses, drops the connection or answers with
-        something that is not HTTP; GatewayTimeout when it does not answer in time.
+        something that is not HTTP; GatewayTimeout when it does not answer in time;
+        InvalidRequest when the request cannot be sent safely (see gateway_error_for).
         """
         try:
             reply = await self._client.request(method, path_qs, headers, body)
-        except BackendTimeout as exc:
-            raise GatewayTimeout("backend_timeout", str(exc)) from exc
-        except BackendUnavailable as exc:
-            raise BadGateway("backend_unreachable", str(exc)) from exc
-        except ValueError as exc:  # a header or path that cannot be sent safely
-            raise InvalidRequest("unforwardable", str(exc)[:120]) from exc
+        except _CAUGHT as exc:
+            error = gateway_error_for(exc)
+            if error is None:  # not reached: _CAUGHT is the table's own first column
+                raise
+            raise error from exc
         response = web.Response(status=reply.status, reason=reply.reason or None,
                                 headers=_reply_headers(reply, request_id), body=reply.body)
         return response, reply.status

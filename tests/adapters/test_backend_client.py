@@ -20,6 +20,7 @@ from gateway.adapters.backend_client import (
     BackendReply,
     BackendTimeout,
     BackendUnavailable,
+    UnsendableRequest,
 )
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -266,9 +267,10 @@ async def test_interim_100_continue_is_skipped(client_for: Callable[..., Backend
      ("POST", "/t", [("X-A", "v\udc0a")]), ("POST", "/t", [("X-A\r\nX-B", "v")]),
      ("POST", "/t", [("X-A:", "v")]), ("POST", "/t", [("", "v")]),
      ("POST", "/t HTTP/1.1\r\nX: y", []), ("POST", "/t x", []), ("PO ST", "/t", []),
-     ("POST", "http://evil/", [])],
+     ("POST", "http://evil/", []), ("POST", "/t", [("X-A", "v\ud800")])],
     ids=["crlf-value", "lf-value", "cr-value", "nul-value", "escaped-lf", "crlf-name",
-         "colon-name", "empty-name", "crlf-path", "space-path", "bad-method", "absolute-path"],
+         "colon-name", "empty-name", "crlf-path", "space-path", "bad-method", "absolute-path",
+         "lone-surrogate"],
 )
 async def test_unsafe_request_is_refused_before_anything_is_written(
     client_for: Callable[..., BackendClient], method: str, path: str,
@@ -286,7 +288,7 @@ async def test_unsafe_request_is_refused_before_anything_is_written(
     async with raw_server(handler) as (url, conns):
         client = client_for(url)
         await client.request("POST", "/warm", [], b"")  # a pooled connection it could misuse
-        with pytest.raises(ValueError):
+        with pytest.raises(UnsendableRequest):
             await client.request(method, path, headers, FORM)
         await client.request("POST", "/after", [], b"")
         assert [h.split(b" ")[1] for h in seen] == [b"/warm", b"/after"]
