@@ -33,7 +33,8 @@ from gateway.adapters.assemble import build_runtime
 from gateway.cli.mint import generate_key, load_private_key
 from gateway.config.settings import load_settings
 from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, gateway_yaml
-from tests.support.serving import free_port, wait_healthy
+from tests.support.ports import free_port
+from tests.support.serving import wait_healthy
 from tests.support.tokens import Signer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +131,7 @@ async def _drive(session: Session, proc: subprocess.Popen[bytes], config: Path,
                  valid_config: str) -> None:
     timeout = aiohttp.ClientTimeout(total=STEP_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        await wait_healthy(http, admin)
+        await wait_healthy(http, admin, process=proc)
         drive = Driver(session, http, port, signers[BASIC_CLIENT])
         accepted = drive.assertion()
         await drive.token("accepted basic", accepted)
@@ -180,7 +181,7 @@ def _reprs(session: Session, config: Path) -> None:
     runtime = build_runtime(settings)
     assert set(runtime.clients) == {BASIC_CLIENT, POST_CLIENT}
     for client_id, client_runtime in runtime.clients.items():
-        credential = client_runtime.credential
+        credential = client_runtime.backend
         session.capture(f"repr credential {client_id}", repr(credential) + "\n" + str(credential))
     session.capture("repr Runtime", repr(runtime))
 

@@ -10,13 +10,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import ASSERTION_TYPE, ISSUER, Backend, gateway_yaml
+from tests.support.ports import free_port
+from tests.support.serving import wait_healthy
 from tests.support.tokens import Signer, make_signer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,12 +39,6 @@ def redis_url() -> str:
             pytest.fail(f"no Redis at {url}: {exc}")
         pytest.skip(f"no Redis at {url} ({exc}); set REDIS_URL or start redis-server")
     return url
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _children(pid: int) -> set[int]:
@@ -72,7 +68,7 @@ class Workers:
 
 @pytest.fixture
 async def workers(backend: Backend, tmp_path: Path, redis_url: str) -> AsyncIterator[Workers]:
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     signer = make_signer("ES256")
     config = tmp_path / "gateway.yaml"
     config.write_text(gateway_yaml(backend.url, {"keys": [signer.public_jwk]}, extra=(
@@ -87,7 +83,8 @@ async def workers(backend: Backend, tmp_path: Path, redis_url: str) -> AsyncIter
     try:
         await _until(lambda: len(_children(proc.pid)) == 2, "two workers")
         live = Workers(proc, port, admin, signer)
-        await _until_async(lambda: _ready(admin), "the workers to listen")
+        async with aiohttp.ClientSession() as session:
+            await wait_healthy(session, admin, path="/readyz", process=proc)
         yield live
     finally:
         if proc.poll() is None:
@@ -97,27 +94,9 @@ async def workers(backend: Backend, tmp_path: Path, redis_url: str) -> AsyncIter
         proc.wait(timeout=15)
 
 
-async def _ready(admin: int) -> bool:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(
-                f"http://127.0.0.1:{admin}/readyz") as response:
-            return response.status == 200
-    except aiohttp.ClientConnectionError:
-        return False
-
-
 async def _until(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
-async def _until_async(
-    check: Callable[[], Awaitable[bool]], what: str, seconds: float = 20
-) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from requests.adapters import HTTPAdapter
 
-from tests.support.tokens import TEST_RSA_BITS
+from tests.support.tokens import TEST_RSA_BITS, b64url
 
 REQUEST_TIMEOUT = 10.0  # seconds; every library call in these tests is bounded by it
 
@@ -67,10 +67,6 @@ def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _unb64(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -14,6 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from tests.support.ports import free_port
+from tests.support.serving import wait_healthy
 
 JOB = "pkjwt-gateway"  # the scrape job name the alert rules expect
 
@@ -32,12 +34,6 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{message}: CI must run the monitoring tests")
         pytest.skip(message)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -73,16 +69,8 @@ class Prometheus:
         return result
 
     async def wait_ready(self, deadline: float) -> None:
-        while True:
-            assert self.process.poll() is None, f"prometheus exited:\n{self.output()}"
-            try:
-                async with self.session.get(self.url + "/-/ready") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus not ready:\n{self.output()}"
-            await asyncio.sleep(0.1)
+        await wait_healthy(self.session, self.port, deadline - time.monotonic(),
+                           path="/-/ready", process=self.process, log=self.log)
 
     async def wait_scrapes(self, selector: str, count: int, since: float,
                            deadline: float) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import PORT_LIMIT, free_port
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SENTINEL_MASTER = "gwmaster"
 
@@ -27,17 +29,6 @@ def unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def free_port(below: int = 65536) -> int:
-    """A port free right now, under ``below`` (a cluster node also needs port + 10000)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port < below:
-            return port
-    raise RuntimeError(f"no free port below {below}")
 
 
 def answers_ping(port: int) -> bool:
@@ -113,7 +104,7 @@ class Servers:
         """A plain server with ``extra`` arguments, or a sentinel watching ``sentinel_of``."""
         failure = "no attempt"
         # The cluster bus listens on port + 10000, which must be a valid port too.
-        below = 55536 if "--cluster-enabled" in extra else 65536
+        below = PORT_LIMIT - 10000 if "--cluster-enabled" in extra else PORT_LIMIT
         for _ in range(5):  # a free port can be taken between probe and bind
             port = free_port(below)
             workdir = self.root / str(port)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+STARTUP_SECONDS = 20.0
 
 
 def listeners(port: int, admin: int) -> str:
@@ -31,18 +26,35 @@ def listeners(port: int, admin: int) -> str:
             f"admin: {{host: 127.0.0.1, port: {admin}}}\n")
 
 
-async def wait_healthy(session: aiohttp.ClientSession, admin: int, seconds: float = 20) -> None:
-    """Until /healthz answers 200; raises AssertionError past ``seconds``."""
+async def wait_healthy(
+    session: aiohttp.ClientSession, port: int, seconds: float = STARTUP_SECONDS, *,
+    path: str = "/healthz", process: subprocess.Popen[Any] | None = None,
+    log: Path | None = None,
+) -> None:
+    """Until ``path`` on loopback ``port`` answers 200 (a gateway's admin port by default).
+
+    Raises AssertionError past ``seconds``, or as soon as ``process``, the server being
+    waited for, has exited; the message then ends with the tail of its ``log``.
+    """
+    url = f"http://127.0.0.1:{port}{path}"
     deadline = time.monotonic() + seconds
     while True:
+        assert process is None or process.poll() is None, (
+            f"exited with {process.returncode} before {url} answered{_tail(log)}")
         try:
-            async with session.get(f"http://127.0.0.1:{admin}/healthz") as response:
+            async with session.get(url) as response:
                 if response.status == 200:
                     return
         except aiohttp.ClientConnectionError:
             pass
-        assert time.monotonic() < deadline, "serve did not start"
+        assert time.monotonic() < deadline, f"{url} not 200 within {seconds:g}s{_tail(log)}"
         await asyncio.sleep(0.1)
+
+
+def _tail(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    return ":\n" + log.read_text(errors="replace")[-4000:]
 
 
 @dataclass
@@ -72,7 +84,7 @@ async def serving(
         env={**os.environ, **env}, stdout=stdout, stderr=subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_healthy(session, admin)
+            await wait_healthy(session, admin, process=proc)
         yield Served(proc, port, admin)
     finally:
         if proc.poll() is None:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import yaml
 from gateway.cli.main import check
 from gateway.config.lint import lint_settings
 from gateway.config.settings import load_settings
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -320,12 +320,6 @@ def test_build_context_holds_the_sources_and_nothing_else(stages: list[Stage]) -
 
 # ---- the wheel, built and installed as the image does ------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None,
          cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd,
@@ -395,7 +389,7 @@ def test_installed_gateway_serves_the_kubernetes_config_and_drains(
     """The pod's view: the ConfigMap volume, the Secret's variables, the image's HEALTHCHECK
     command and environment; then SIGTERM as PID 1 gets it."""
     config = materialise_config_volume(tmp_path)
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     text = config.read_text()
     # Loopback ports of our own, and the memory ledger: the Redis Service is not here.
     for old, new, count in ((" port: 8080", f" port: {port}", 1),

@@ -19,13 +19,9 @@ import pytest
 import yaml
 
 from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, Backend, gateway_yaml
-from tests.support.prometheus import (
-    JOB,
-    Prometheus,
-    free_port,
-    require_tool,
-    start_prometheus,
-)
+from tests.support.ports import free_port
+from tests.support.prometheus import JOB, Prometheus, require_tool, start_prometheus
+from tests.support.serving import wait_healthy
 from tests.support.tokens import Signer, make_signer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,7 +235,8 @@ async def test_prometheus_scrapes_the_gateway_and_answers_every_panel_and_rule(
         prometheus = start_prometheus(binary, tmp_path / "prometheus", [f"127.0.0.1:{admin}"],
                                       [RULES], session)
         try:
-            await _wait_healthy(session, admin, gateway, gateway_log, deadline)
+            await wait_healthy(session, admin, deadline - time.monotonic(),
+                               process=gateway, log=gateway_log)
             await prometheus.wait_ready(deadline)
             scraped = f'pkjwt_build_info{{job="{JOB}"}}'
             # A first scrape before any traffic: the counters' rates then have a start.
@@ -259,20 +256,6 @@ async def test_prometheus_scrapes_the_gateway_and_answers_every_panel_and_rule(
             prometheus.stop()
             _stop(gateway)
     assert time.monotonic() - started < 60
-
-
-async def _wait_healthy(session: aiohttp.ClientSession, admin: int,
-                        gateway: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
-    while True:
-        assert gateway.poll() is None, f"gateway exited:\n{log.read_text(errors='replace')}"
-        try:
-            async with session.get(f"http://127.0.0.1:{admin}/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        assert time.monotonic() < deadline, "gateway did not start"
-        await asyncio.sleep(0.1)
 
 
 async def _post(session: aiohttp.ClientSession, url: str, assertion: str) -> int:

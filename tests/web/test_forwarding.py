@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 
@@ -11,6 +10,7 @@ import aiohttp
 from yarl import URL
 
 from tests.conftest import ISSUER, TOKEN_PATH, Backend, GatewayFactory, Running
+from tests.support.ports import free_port
 
 
 def _assertion(gw: Running) -> str:
@@ -44,10 +44,8 @@ async def test_unknown_path_is_404_and_not_forwarded(gw: Running, backend: Backe
 async def test_backend_refusing_connections_gives_502(
     start_gateway: GatewayFactory, backend: Backend
 ) -> None:
-    with socket.socket() as probe:  # a port with nobody listening on it
-        probe.bind(("127.0.0.1", 0))
-        free_port = probe.getsockname()[1]
-    gw = await start_gateway(backend_url=f"http://127.0.0.1:{free_port}")
+    nobody = free_port()  # nobody listens on it
+    gw = await start_gateway(backend_url=f"http://127.0.0.1:{nobody}")
     status, headers, body = await gw.post(gw.form(_assertion(gw)))
     assert (status, body["error"]) == (502, "bad_gateway")
     assert headers["Cache-Control"] == "no-store"

@@ -36,7 +36,9 @@ from tests.conftest import (
     Running,
     gateway_yaml,
 )
-from tests.support.redis_servers import Server, Servers, free_port
+from tests.support.ports import free_port
+from tests.support.redis_servers import Server, Servers
+from tests.support.serving import wait_healthy
 from tests.support.tokens import Signer, make_signer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,17 +198,8 @@ class GatewayProcess:
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
         """Until /readyz says 200 (the ledger answered); raises AssertionError on timeout."""
         assert self.proc is not None
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert self.proc.poll() is None, f"gateway exited: {self.tail()}"
-            try:
-                async with session.get(f"http://127.0.0.1:{self.admin}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert time.monotonic() < deadline, f"gateway not ready: {self.tail()}"
-            await asyncio.sleep(0.1)
+        await wait_healthy(session, self.admin, STARTUP_SECONDS, path="/readyz",
+                           process=self.proc, log=self.log)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -217,9 +210,6 @@ class GatewayProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
 
 
 @asynccontextmanager

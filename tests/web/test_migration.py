@@ -19,7 +19,8 @@ import pytest
 from gateway.config.lint import lint_settings
 from gateway.config.settings import parse_settings
 from tests.conftest import BACKEND_SECRET, ISSUER, Backend, GatewayFactory, gateway_yaml
-from tests.support.serving import ROOT, free_port, listeners, serving
+from tests.support.ports import free_port
+from tests.support.serving import ROOT, listeners, serving
 from tests.support.tokens import make_signer
 
 CLIENT = "ci-pipeline"

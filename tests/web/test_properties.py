@@ -7,7 +7,6 @@ Hypothesis can drive plain blocking HTTP requests at them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import http.client
 import io
 import json
@@ -28,7 +27,7 @@ from hypothesis import strategies as st
 from gateway.config.settings import parse_settings
 from gateway.web.app import create_gateway
 from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, gateway_yaml
-from tests.support.tokens import Signer, make_signer
+from tests.support.tokens import Signer, b64url, make_signer
 
 CLIENT = "ci-pipeline"
 # A fixed budget in CI; `make fuzz` raises it (FUZZ_EXAMPLES=5000).
@@ -104,10 +103,6 @@ header_names = st.sampled_from(["alg", "kid", "typ", "crit", "jwk", "x5t", "x5t#
                                 "zip", "x5c", "jku"])
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, allow_nan=True).encode()
 
@@ -124,8 +119,8 @@ def hostile_assertions(draw: st.DrawFn, signer: Signer) -> str:
     if shape == "signed":
         return signer.sign(_dumps(head), _dumps(payload))
     if shape == "raw":
-        return ".".join([_b64(_dumps(head)), _b64(_dumps(payload)),
-                         _b64(draw(st.binary(max_size=80)))])
+        return ".".join([b64url(_dumps(head)), b64url(_dumps(payload)),
+                         b64url(draw(st.binary(max_size=80)))])
     return draw(st.text(max_size=200))
 
 
