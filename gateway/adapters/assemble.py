@@ -17,11 +17,12 @@ from gateway.adapters.remote_keys import RemoteKeySource
 from gateway.adapters.replay_redis import build_redis_ledger
 from gateway.config.errors import ConfigError
 from gateway.config.settings import Settings
+from gateway.config.yaml_dialect import join_path
 from gateway.core.assertion import AssertionPolicy
 from gateway.core.backend_auth import BackendCredential
 from gateway.core.clients import ClientRuntime, LegacyPolicy
 from gateway.core.credentials import RegisteredKeys
-from gateway.core.keyset import prepare_keyset
+from gateway.core.keyset import import_jwks
 from gateway.core.keysource import KeySource, StaticKeySource
 from gateway.core.replay import MemoryReplayLedger, ReplayLedger
 
@@ -101,12 +102,16 @@ def _key_source(
 ) -> KeySource | None:
     """The client's key source: imported now, reused from the last runtime, or remote.
 
-    Raises ValueError for a key set that cannot be imported.
+    Raises ConfigError listing every problem of a configured key set, each at its path
+    (``clients.<id>.jwks.keys[0]``, ``clients.<id>.jwks_file``).
     """
     client = settings.clients[client_id]
     if client.jwks_uri is None:
-        kind = "jwks_file" if client.jwks_file else "jwks"
-        return StaticKeySource(prepare_keyset(client.jwks_keys or ()), kind)
+        kind, document = client.configured_jwks() or ("jwks", None)
+        imported = import_jwks(document, join_path(join_path("clients", client_id), kind))
+        if imported.problems:
+            raise ConfigError(list(imported.problems))
+        return StaticKeySource(imported.keyset, kind)
     if remote is None:
         return None
     old = previous.get(client_id)
@@ -138,15 +143,14 @@ def build_runtime(
     problems: list[tuple[str, str]] = []
     old_sources = _registered_sources(previous)
     for client_id, client in settings.clients.items():
-        if not client.enabled:
-            continue
+        # A disabled client's configured keys are checked too; nothing is fetched for it.
+        fetching = remote if client.enabled else None
         try:
-            keys = _key_source(settings, client_id, remote, old_sources)
-        except ValueError as exc:  # structurally fine, cryptographically not (an off-curve point)
-            kind = "jwks_file" if client.jwks_file else "jwks"
-            problems.append((f"clients.{client_id}.{kind}", str(exc)))
+            keys = _key_source(settings, client_id, fetching, old_sources)
+        except ConfigError as exc:
+            problems += exc.problems
             continue
-        if keys is None:
+        if keys is None or not client.enabled:
             continue
         auth = client.backend_auth
         registered = RegisteredKeys(client_id, keys, _policies(settings, client_id),
@@ -187,8 +191,7 @@ def _host_port(value: str) -> tuple[str, int]:
 def build_ledger(settings: Settings) -> ReplayLedger:
     """The replay ledger the settings ask for (Redis is connected lazily, on first use).
 
-    Raises ValueError for an inconsistent Redis topology, OSError for an unreadable
-    password file.
+    Raises ValueError for an inconsistent Redis topology.
     """
     replay = settings.replay
     if replay.store == "memory":

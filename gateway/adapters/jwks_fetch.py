@@ -19,14 +19,13 @@ from gateway.adapters.jwks_cache import (
 )
 from gateway.adapters.jwks_guard import ForbiddenAddress, GuardedResolver, check_literal_host
 from gateway.config.settings import JwksFetchSettings
-from gateway.core.jwkset import filter_public_jwks
-from gateway.core.keyset import KeySet, prepare_keyset
+from gateway.core.keyset import KeySet, import_jwks
 
 # Every value a fetch reports (the `result` metric label): "ok", "not_modified", or a reason.
 FETCH_RESULTS = frozenset({
     "ok", "not_modified", "timeout", "connect_error", "forbidden_address", "bad_status",
     "bad_content_type", "too_large", "bad_document", "no_usable_key", "redirect_refused",
-    "tls_error", "http_refused",
+    "tls_error", "http_refused", "secret_key_material",
 })
 MAX_REDIRECTS = 3
 MAX_ETAG_LENGTH = 256  # an entity tag is echoed back in If-None-Match: keep it short
@@ -103,18 +102,35 @@ async def fetch_jwks(
             return await _follow(session, URL(uri), settings, etag, clock)
     except JwksFetchError:
         raise
-    except TimeoutError as exc:  # aiohttp's own timeouts derive from it too
-        raise JwksFetchError("timeout", f"no complete answer within {settings.timeout}s") from exc
-    except ForbiddenAddress as exc:
-        raise JwksFetchError("forbidden_address", str(exc)) from exc
-    except aiohttp.ClientConnectorDNSError as exc:
+    except FETCH_FAILURES as exc:
+        error = fetch_error_for(exc, settings.timeout)
+        if error is None:  # not reached: fetch_error_for maps all of FETCH_FAILURES
+            raise
+        raise error from exc
+
+
+# What a fetch meets besides its own refusals: aiohttp's ClientError tree, the OS (with
+# ssl.SSLError, the guard's ForbiddenAddress and every TimeoutError) and yarl's ValueError.
+FETCH_FAILURES: tuple[type[Exception], ...] = (aiohttp.ClientError, OSError, ValueError)
+
+
+def fetch_error_for(exc: BaseException, budget: float) -> JwksFetchError | None:
+    """The JwksFetchError for a failure met while fetching within `budget` seconds; None for
+    an exception outside FETCH_FAILURES. Most specific first: every class matched before the
+    last check is an OSError too."""
+    if isinstance(exc, TimeoutError):  # aiohttp's own timeouts derive from it too
+        return JwksFetchError("timeout", f"no complete answer within {budget}s")
+    if isinstance(exc, ForbiddenAddress):
+        return JwksFetchError("forbidden_address", str(exc))
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
         if isinstance(exc.os_error, ForbiddenAddress):
-            raise JwksFetchError("forbidden_address", str(exc.os_error)) from exc
-        raise JwksFetchError("connect_error", f"name resolution failed ({exc.os_error})") from exc
-    except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-        raise JwksFetchError("tls_error", type(exc).__name__) from exc
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        raise JwksFetchError("connect_error", type(exc).__name__) from exc
+            return JwksFetchError("forbidden_address", str(exc.os_error))
+        return JwksFetchError("connect_error", f"name resolution failed ({exc.os_error})")
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return JwksFetchError("tls_error", type(exc).__name__)
+    if isinstance(exc, FETCH_FAILURES):
+        return JwksFetchError("connect_error", type(exc).__name__)
+    return None
 
 
 async def _follow(
@@ -197,10 +213,11 @@ async def _read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
 def parse_jwks_document(
     body: bytes,
 ) -> tuple[tuple[dict[str, Any], ...], KeySet, tuple[str, ...]]:
-    """The usable keys of a JWKS body, imported, and why the others were skipped.
+    """The usable keys of a JWKS body, imported once, and why the others were skipped.
 
-    Keys are filtered exactly like configured ones (jwkset, then keyset).
-    Raises JwksFetchError bad_document (not a JSON JWK Set) or no_usable_key.
+    Keys follow the rules of configured ones (keyset.import_jwks). Raises JwksFetchError
+    bad_document (not a JSON JWK Set), secret_key_material (a private member or an 'oct'
+    key anywhere in the set) or no_usable_key.
     """
     try:
         document = json.loads(body)
@@ -208,17 +225,12 @@ def parse_jwks_document(
         raise JwksFetchError("bad_document", "not JSON") from exc
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise JwksFetchError("bad_document", "not a JWK Set (an object with a 'keys' list)")
-    kept, found = filter_public_jwks(document, "jwks")
-    problems = [f"{path}: {message}" for path, message in found]
-    usable: list[dict[str, Any]] = []
-    for index, key in enumerate(kept):
-        try:
-            prepare_keyset([key])
-        except ValueError as exc:  # structurally fine, cryptographically not
-            reason = str(exc).removeprefix("key 0: ")
-            problems.append(f"jwks: structurally valid key {index}: {reason}")
-        else:
-            usable.append(key)
-    if not usable:
+    imported = import_jwks(document, "jwks")
+    # A key server publishing secrets is compromised or broken: trust none of its keys.
+    if imported.secret:
+        found = "; ".join(f"{path}: {message}" for path, message in imported.secret[:3])
+        raise JwksFetchError("secret_key_material", found)
+    problems = tuple(f"{path}: {message}" for path, message in imported.problems)
+    if not imported.keys:
         raise JwksFetchError("no_usable_key", "; ".join(problems[:3]))
-    return tuple(usable), prepare_keyset(usable), tuple(problems)
+    return imported.keys, imported.keyset, problems

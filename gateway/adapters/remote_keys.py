@@ -25,6 +25,9 @@ REFRESH_AT = (0.75, 0.85)
 FIRST_RETRY = 1.0   # seconds after a first failed fetch; doubled per further failure
 MAX_RETRY = 60.0    # and never more than this (nor more than min_ttl)
 MIN_DELAY = 0.05    # floor of every background wait, whatever the settings: no tight loop
+# Failures that are no passing outage: a key server publishing secret key material has
+# been compromised or misconfigured, and someone must look at it now.
+ALARMING_RESULTS = frozenset({"secret_key_material"})
 
 FetchCallback = Callable[[str, str], None]  # (client_id, result in jwks_fetch.FETCH_RESULTS)
 KeysCallback = Callable[[str, int], None]   # (client_id, usable key count)
@@ -199,8 +202,9 @@ class RemoteKeySource:
         self._last_error = error.reason
         self._failures += 1
         held = "serving the last good keys" if self.current() is not None else "no keys to serve"
-        log.warning("client %s: fetching keys from %s failed (%s: %s); %s", self.client_id,
-                    self._where, error.reason, error.detail, held)
+        level = logging.ERROR if error.reason in ALARMING_RESULTS else logging.WARNING
+        log.log(level, "client %s: fetching keys from %s failed (%s: %s); %s", self.client_id,
+                self._where, error.reason, error.detail, held)
         self._emit(self._on_fetch, error.reason)
         backoff = FIRST_RETRY * 2 ** min(self._failures - 1, 16)
         self._schedule(min(backoff, MAX_RETRY, self.settings.min_ttl))

@@ -10,7 +10,8 @@ from typing import Any
 
 from gateway.adapters.jwks_fetch import JwksFetchError, fetch_jwks, loggable_uri, new_jwks_session
 from gateway.config.settings import Settings
-from gateway.core.keyset import KeySet, prepare_keyset
+from gateway.config.yaml_dialect import join_path
+from gateway.core.keyset import KeySet, import_jwks
 
 
 @dataclass
@@ -55,9 +56,11 @@ async def collect_inventory(settings: Settings) -> list[ClientEntry]:
 async def _describe(settings: Settings, client_id: str, session: Any) -> ClientEntry:
     client = settings.clients[client_id]
     if client.jwks_uri is None:
-        source = "jwks_file" if client.jwks_file else "jwks"
-        entry = ClientEntry(client_id, client.enabled, source)
-        entry.keys = _entries(prepare_keyset(client.jwks_keys or ()))
+        source, document = client.configured_jwks() or ("jwks", None)
+        imported = import_jwks(document, join_path(join_path("clients", client_id), source))
+        entry = ClientEntry(client_id, client.enabled, source, keys=_entries(imported.keyset))
+        if imported.problems:  # messages name members, never their values
+            entry.error = "; ".join(f"{path}: {message}" for path, message in imported.problems)
         return entry
     entry = ClientEntry(client_id, client.enabled, "jwks_uri", uri=loggable_uri(client.jwks_uri))
     started = time.time()
@@ -83,7 +86,7 @@ def render_inventory(entries: list[ClientEntry], *, as_json: bool) -> str:
         if entry.fetched_at:
             lines.append(f"  fetched {entry.fetched_at}, cache expires {entry.cache_expires_at}")
         if entry.error:
-            lines.append(f"  fetch failed: {entry.error}")
+            lines.append(f"  fetch failed: {entry.error}" if entry.uri else f"  {entry.error}")
         for key in entry.keys:
             lines.append(f"  kid={key.kid or '-'} kty={key.kty} alg={','.join(key.algorithms)}"
                          f" thumbprint={key.thumbprint}")

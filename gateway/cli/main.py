@@ -135,6 +135,7 @@ def keys_inventory(path: Path, *, as_json: bool) -> int:
     """Print the key inventory; exit 2 on a bad configuration, 1 when a remote fetch failed."""
     try:
         settings = load_settings(path)
+        build_runtime(settings)  # configured key sets: refused ones are problems here too
     except ConfigError as exc:
         for where, message in exc.problems:
             print(f"error: {where}: {message}" if where else f"error: {message}")

@@ -13,14 +13,22 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
-    SecretStr,
     StrictStr,
     ValidationError,
     model_validator,
 )
 
 from gateway.config.errors import ConfigError
+from gateway.config.files import (
+    FILES,
+    FileContents,
+    JwksFileSetting,
+    ReadableFile,
+    SecretFileSetting,
+    named_files,
+    read_files,
+    resolve_file_paths,
+)
 from gateway.config.types import (
     FROM_FILE,
     Algorithms,
@@ -44,15 +52,7 @@ from gateway.config.types import (
     SUPPORTED_ALGORITHMS as SUPPORTED_ALGORITHMS,
 )
 from gateway.config.types import parse_duration as parse_duration
-from gateway.config.yaml_dialect import (
-    ReferencedFiles,
-    client_entries,
-    join_path,
-    parse_yaml,
-    read_secret_file,
-    resolve_file_paths,
-)
-from gateway.core.jwkset import filter_public_jwks
+from gateway.config.yaml_dialect import client_entries, join_path, parse_yaml
 
 DEFAULT_ALGORITHMS = ("PS256", "ES256", "EdDSA", "RS256")
 DEFAULT_MAX_LIFETIME = 300.0
@@ -109,7 +109,7 @@ class JwksFetchSettings(_Frozen):
     max_bytes: int = Field(default=65_536, gt=0)
     allow_http: bool = False
     allow_private_networks: bool = False
-    ca_file: StrictStr | None = None  # resolved against the config file's directory
+    ca_file: ReadableFile | None = None  # resolved against the config file's directory
     # /readyz waits for every remote key set's first fetch unless this is true.
     ready_without_keys: bool = False
 
@@ -129,7 +129,7 @@ class ReplaySettings(_Frozen):
     redis_cluster_nodes: HostPorts = ()
     redis_username: StrictStr | None = None
     redis_password: EnvSecret | None = None
-    redis_password_file: StrictStr | None = None
+    redis_password_file: SecretFileSetting | None = None
     redis_max_connections: int = Field(default=64, gt=0, le=10_000)
     timeout: Duration = duration_field("250ms", gt=0)  # budget of one replay check
     on_store_error: Literal["reject"] = "reject"
@@ -146,11 +146,11 @@ class ReplaySettings(_Frozen):
         return self
 
     def password_value(self) -> str | None:
-        """The Redis password, from !env or redis_password_file; raises OSError for the file."""
+        """The Redis password, from !env or redis_password_file (read when loading)."""
         if self.redis_password is not None:
             return self.redis_password.get_secret_value()
         if self.redis_password_file is not None:
-            return read_secret_file(self.redis_password_file)
+            return self.redis_password_file.secret.get_secret_value()
         return None
 
 
@@ -185,8 +185,7 @@ class AuditSettings(_Frozen):
 class BackendAuthSettings(_Frozen):
     method: Literal["client_secret_basic", "client_secret_post", "none"]
     secret: EnvSecret | None = None
-    secret_file: StrictStr | None = None
-    _file_secret: SecretStr | None = PrivateAttr(default=None)
+    secret_file: SecretFileSetting | None = None
 
     @model_validator(mode="after")
     def _one_secret(self) -> BackendAuthSettings:
@@ -198,12 +197,12 @@ class BackendAuthSettings(_Frozen):
         return self
 
     def secret_value(self) -> str | None:
-        """The backend secret, None for method none; raises OSError or ValueError (secret_file)."""
+        """The backend secret, from !env or secret_file (read when loading); None for none."""
         if self.secret is not None:
             return self.secret.get_secret_value()
-        if self._file_secret is None and self.secret_file is not None:
-            self._file_secret = SecretStr(read_secret_file(self.secret_file))
-        return None if self._file_secret is None else self._file_secret.get_secret_value()
+        if self.secret_file is not None:
+            return self.secret_file.secret.get_secret_value()
+        return None
 
 
 class LegacyAuthSettings(_Frozen):
@@ -216,7 +215,7 @@ class LegacyAuthSettings(_Frozen):
 
 class ClientSettings(_Frozen):
     jwks: dict[str, Any] | None = None
-    jwks_file: StrictStr | None = None
+    jwks_file: JwksFileSetting | None = None
     jwks_uri: HttpUrl | None = None
     backend_auth: BackendAuthSettings
     algorithms: Algorithms | None = None
@@ -228,7 +227,6 @@ class ClientSettings(_Frozen):
     # Accept the byte-identical assertion again until it expires (MSAL re-sends one).
     allow_assertion_reuse: bool = False
     legacy_auth: LegacyAuthSettings | None = None
-    _jwks_keys: tuple[dict[str, Any], ...] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSettings:
@@ -237,14 +235,17 @@ class ClientSettings(_Frozen):
             raise ValueError(f"needs exactly one of jwks, jwks_file, jwks_uri (has {len(given)})")
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        if self.jwks is not None:
-            self._jwks_keys = filter_public_jwks(self.jwks, "jwks")[0]
+    def configured_jwks(self) -> tuple[str, object] | None:
+        """The key naming the client's JWK Set ("jwks" or "jwks_file") and the set as given.
 
-    @property
-    def jwks_keys(self) -> tuple[dict[str, Any], ...] | None:
-        """The usable public JWKs of `jwks` or the read `jwks_file`; None for `jwks_uri`."""
-        return self._jwks_keys
+        None for a jwks_uri client. The set is not checked here: importing its keys
+        (keyset.import_jwks) reports every problem at its path.
+        """
+        if self.jwks_file is not None:
+            return "jwks_file", self.jwks_file.document
+        if self.jwks is not None:
+            return "jwks", self.jwks
+        return None
 
 
 class Settings(_Frozen):
@@ -281,10 +282,11 @@ class Settings(_Frozen):
 
 
 def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a config file; raises ConfigError listing every problem.
+    """Read a config file and the files it names, then validate; raises ConfigError.
 
-    Relative `jwks_file`, `secret_file` and `ca_file` paths resolve against the
-    file's directory; `!env NAME` reads `env` (default: os.environ).
+    Relative `jwks_file`, `secret_file`, `redis_password_file` and `ca_file` paths resolve
+    against the file's directory; `!env NAME` reads `env` (default: os.environ). A file
+    that cannot be read is a problem at its setting's path.
     """
     path = Path(path)
     try:
@@ -292,20 +294,38 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     except (OSError, ValueError) as exc:
         raise ConfigError([("", f"cannot read {path}: {exc}")]) from exc
     environ = os.environ if env is None else env
-    return parse_settings(text, base_dir=path.resolve().parent, env=environ)
+    base_dir = path.resolve().parent
+    data, problems = _parse_data(text, base_dir, environ)
+    files = read_files(named_files(data)) if isinstance(data, dict) else {}
+    return _validate(data, problems, files)
 
 
-def parse_settings(text: str, *, base_dir: Path, env: Mapping[str, str]) -> Settings:
-    """Validate config text as load_settings does; raises ConfigError listing every problem."""
+def parse_settings(
+    text: str, *, base_dir: Path, env: Mapping[str, str], files: FileContents | None = None
+) -> Settings:
+    """Validate config text as load_settings does, without any I/O; raises ConfigError.
+
+    `files` holds the contents of the files the text names, by absolute path (what
+    load_settings read); a named file missing from it is a problem at its path.
+    """
+    data, problems = _parse_data(text, base_dir, env)
+    return _validate(data, problems, files or {})
+
+
+def _parse_data(text: str, base_dir: Path, env: Mapping[str, str]) -> tuple[object, Problems]:
     data, problems = parse_yaml(text, env)
+    if isinstance(data, dict):
+        resolve_file_paths(data, base_dir)
+    return data, problems
+
+
+def _validate(data: object, problems: Problems, files: FileContents) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(problems)
-    resolve_file_paths(data, base_dir)
-    files = ReferencedFiles(data)
-    later = files.problems + _document_problems(data)
+    later = _document_problems(data)
     settings: Settings | None = None
     try:
-        settings = Settings.model_validate(data, context={FROM_FILE: True})
+        settings = Settings.model_validate(data, context={FROM_FILE: True, FILES: files})
     except ValidationError as exc:
         later = _problems_from(exc) + later
     # A path the YAML stage already reported (an unset !env, a duplicate key)
@@ -314,11 +334,6 @@ def parse_settings(text: str, *, base_dir: Path, env: Mapping[str, str]) -> Sett
     problems += [p for p in later if not _under(p[0], reported)]
     if problems or settings is None:
         raise ConfigError(list(dict.fromkeys(problems)))
-    for client_id, client in settings.clients.items():
-        if client.jwks_file is not None:
-            client._jwks_keys = files.jwks_keys[client_id]
-        if client.backend_auth.secret_file is not None:
-            client.backend_auth._file_secret = SecretStr(files.secrets[client_id])
     return settings
 
 

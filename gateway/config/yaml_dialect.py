@@ -1,21 +1,16 @@
-"""The config file as read: its YAML dialect (`!env`, no duplicate keys) and the files it names."""
+"""The config file as read: its YAML dialect (`!env`, no duplicate keys), dotted paths into it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import yaml
-
-from gateway.core.jwkset import filter_public_jwks
 
 ENV_TAG = "!env"
 # Alias expansion can multiply a small file into a huge tree ("billion laughs");
 # a real config has a few hundred nodes.
 MAX_NODES = 100_000
-MAX_REFERENCED_FILE_BYTES = 1024 * 1024
 
 _STANDARD_TAG_PREFIX = "tag:yaml.org,2002:"
 _ALLOWED_SCALAR_TAGS = frozenset(
@@ -152,34 +147,6 @@ class _Converter:
         return EnvStr(value)
 
 
-def read_secret_file(path: str | Path) -> str:
-    """A secret file's text without trailing newlines; raises OSError or ValueError."""
-    text = _read_limited(Path(path)).decode("utf-8").rstrip("\r\n")
-    if not text:
-        raise ValueError("is empty")
-    return text
-
-
-def _read_limited(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        data = handle.read(MAX_REFERENCED_FILE_BYTES + 1)
-    if len(data) > MAX_REFERENCED_FILE_BYTES:
-        raise ValueError(f"is larger than {MAX_REFERENCED_FILE_BYTES} bytes")
-    return data
-
-
-def describe_os_error(exc: Exception) -> str:
-    """A short, lower-case reason for a failed read."""
-    if isinstance(exc, json.JSONDecodeError):
-        return f"is not JSON ({exc.msg}, line {exc.lineno})"
-    if isinstance(exc, UnicodeDecodeError):
-        return "is not UTF-8 text"
-    if isinstance(exc, OSError):
-        reason = (exc.strerror or str(exc)).lower()
-        return f"cannot read {exc.filename}: {reason}" if exc.filename else f"cannot read: {reason}"
-    return str(exc)
-
-
 def client_entries(data: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(client id, dotted path, mapping) for each client that is a mapping in raw config data."""
     clients = data.get("clients")
@@ -190,71 +157,3 @@ def client_entries(data: Mapping[str, Any]) -> list[tuple[str, str, dict[str, An
         for cid, client in clients.items()
         if isinstance(client, dict)
     ]
-
-
-def resolve_file_paths(data: dict[str, Any], base_dir: Path) -> None:
-    """Make relative jwks_file, secret_file and ca_file values absolute under `base_dir`."""
-    owners = [(client, "jwks_file") for _, _, client in client_entries(data)]
-    owners += [
-        (client["backend_auth"], "secret_file")
-        for _, _, client in client_entries(data)
-        if isinstance(client.get("backend_auth"), dict)
-    ]
-    if isinstance(data.get("jwks_fetch"), dict):
-        owners.append((data["jwks_fetch"], "ca_file"))
-    if isinstance(data.get("replay"), dict):
-        owners.append((data["replay"], "redis_password_file"))
-    listen = data.get("listen")
-    if isinstance(listen, dict) and isinstance(listen.get("tls"), dict):
-        owners += [(listen["tls"], "cert_file"), (listen["tls"], "key_file")]
-    audit = data.get("audit")
-    if isinstance(audit, dict) and audit.get("output") not in (None, "stdout", "off"):
-        owners.append((audit, "output"))
-    for owner, key in owners:
-        value = owner.get(key)
-        if isinstance(value, str) and value:
-            # Path("/base") / "/abs" is "/abs": absolute values stay as written.
-            owner[key] = str(base_dir / value)
-
-
-class ReferencedFiles:
-    """Keys and secrets read from the files a config names, and the problems met reading them."""
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self.jwks_keys: dict[str, tuple[dict[str, Any], ...]] = {}
-        self.secrets: dict[str, str] = {}
-        self.problems: list[tuple[str, str]] = []
-        for client_id, path, client in client_entries(data):
-            if isinstance(client.get("jwks"), dict):
-                self.problems += filter_public_jwks(client["jwks"], f"{path}.jwks")[1]
-            if isinstance(client.get("jwks_file"), str):
-                self._read_jwks(client_id, client["jwks_file"], f"{path}.jwks_file")
-            auth = client.get("backend_auth")
-            if isinstance(auth, dict) and isinstance(auth.get("secret_file"), str):
-                try:
-                    self.secrets[client_id] = read_secret_file(auth["secret_file"])
-                except (OSError, ValueError) as exc:
-                    where = f"{path}.backend_auth.secret_file"
-                    self.problems.append((where, describe_os_error(exc)))
-        replay = data.get("replay")
-        if isinstance(replay, dict) and isinstance(replay.get("redis_password_file"), str):
-            try:
-                read_secret_file(replay["redis_password_file"])
-            except (OSError, ValueError) as exc:
-                self.problems.append(("replay.redis_password_file", describe_os_error(exc)))
-        fetch = data.get("jwks_fetch")
-        if isinstance(fetch, dict) and isinstance(fetch.get("ca_file"), str):
-            try:
-                _read_limited(Path(fetch["ca_file"]))
-            except (OSError, ValueError) as exc:
-                self.problems.append(("jwks_fetch.ca_file", describe_os_error(exc)))
-
-    def _read_jwks(self, client_id: str, file: str, path: str) -> None:
-        try:
-            document = json.loads(_read_limited(Path(file)))
-        except (OSError, ValueError) as exc:
-            self.problems.append((path, describe_os_error(exc)))
-            return
-        keys, problems = filter_public_jwks(document, path)
-        self.jwks_keys[client_id] = keys
-        self.problems += problems

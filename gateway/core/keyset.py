@@ -1,10 +1,9 @@
-"""Verification keys: a client's JWKs imported once, what each may verify, which fit a header."""
+"""Verification keys: a JWK Set checked and imported once, what each key may verify, which fit."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -12,11 +11,14 @@ from typing import Any
 from joserfc import jwa, jwk
 from joserfc.jwa import JWSAlgModel
 
-from gateway.core.errors import InvalidClient
+from gateway.core.errors import KeyMiss
+from gateway.core.jwk_rules import MIN_RSA_BITS as MIN_RSA_BITS  # part of this module's API
+from gateway.core.jwk_rules import KeyRefusal, is_sequence, key_refusal
+from gateway.core.reasons import Reason
 
-MIN_RSA_BITS = 2048
-MAX_RSA_BITS = 8192  # as jwkset: verification cost grows with the modulus
 MAX_KEY_TRIES = 4  # keys tried when the header names none: bounds the CPU one token can cost
+NOT_A_JWK_SET = "must be a JWK Set: a mapping with a 'keys' list"
+NO_USABLE_KEY = "holds no usable public signing key"
 
 # The only JWS algorithms the gateway knows, built once from an explicit list. joserfc's
 # registry defaults include HS256 and "none"; nothing here reaches them. "EdDSA" (RFC 8037)
@@ -38,7 +40,6 @@ _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512
 _EC_ALGORITHMS = {"P-256": frozenset({"ES256"}), "P-384": frozenset({"ES384"}),
                   "P-521": frozenset({"ES512"})}
 _OKP_ALGORITHMS = {"Ed25519": EDDSA_NAMES}
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +58,66 @@ class KeySet:
     by_kid: Mapping[str, tuple[VerificationKey, ...]]
 
 
-def prepare_keyset(jwks_keys: Iterable[Mapping[str, Any]]) -> KeySet:
-    """Import every public JWK once and index the result by ``kid``.
+@dataclass(frozen=True, slots=True)
+class KeySetImport:
+    """A JWK Set checked and imported once: its usable keys and every problem at its path."""
 
-    Raises ValueError naming the key's position when a JWK cannot serve as a public
-    signature-verification key (private members, unknown type, RSA under 2048 bits,
-    members joserfc refuses). The message never contains key material.
+    keyset: KeySet
+    keys: tuple[dict[str, Any], ...]      # the imported JWKs as JSON-clean copies
+    problems: tuple[tuple[str, str], ...]  # (dotted path, message); never key material
+    # The problems that are secret key material (a private member, an 'oct' key): a set
+    # publishing one is compromised or broken, not merely partly unusable.
+    secret: tuple[tuple[str, str], ...] = ()
+
+
+def import_jwks(document: object, path: str) -> KeySetImport:
+    """Check every key of a JWK Set and import the usable ones once; never raises.
+
+    `path` names the set in problems (``clients.acme.jwks``); a key's problem is at
+    ``<path>.keys[<i>]``. A value that is not a JWK Set, or a set without one usable
+    key, is a problem at `path` itself.
     """
-    keys = tuple(_prepare_key(index, jwk_dict) for index, jwk_dict in enumerate(jwks_keys))
+    if not isinstance(document, Mapping) or not is_sequence(document.get("keys")):
+        return KeySetImport(_index(()), (), ((path, NOT_A_JWK_SET),))
+    imported, kept, refused = _import_keys(document["keys"])
+    problems = [(f"{path}.keys[{index}]", refusal.message) for index, refusal in refused]
+    secret = tuple(p for p, (_, refusal) in zip(problems, refused, strict=True) if refusal.secret)
+    if not imported:
+        problems.append((path, NO_USABLE_KEY))
+    return KeySetImport(_index(imported), tuple(kept), tuple(problems), secret)
+
+
+def prepare_keyset(jwks_keys: Iterable[Mapping[str, Any]]) -> KeySet:
+    """Import keys that must all be usable (the program's own, or a test's); may be empty.
+
+    The rules are import_jwks's. Raises ValueError naming the first unusable key's
+    position (``key 1: ...``); the message never contains key material.
+    """
+    imported, _, refused = _import_keys(list(jwks_keys))
+    if refused:
+        index, refusal = refused[0]
+        raise ValueError(f"key {index}: {refusal.message}")
+    return _index(imported)
+
+
+def _import_keys(
+    jwk_dicts: Sequence[object],
+) -> tuple[list[VerificationKey], list[dict[str, Any]], list[tuple[int, KeyRefusal]]]:
+    imported: list[VerificationKey] = []
+    kept: list[dict[str, Any]] = []
+    refused: list[tuple[int, KeyRefusal]] = []
+    for index, jwk_dict in enumerate(jwk_dicts):
+        outcome = _import_key(jwk_dict)
+        if isinstance(outcome, KeyRefusal):
+            refused.append((index, outcome))
+        else:
+            kept.append(outcome[0])
+            imported.append(outcome[1])
+    return imported, kept, refused
+
+
+def _index(keys: Iterable[VerificationKey]) -> KeySet:
+    keys = tuple(keys)
     by_kid: dict[str, tuple[VerificationKey, ...]] = {}
     for key in keys:
         if key.kid is not None:
@@ -86,7 +139,7 @@ def select_keys(
     if kid is not None:
         pool = keys.by_kid.get(kid, ())
         if not pool:
-            raise InvalidClient("no_matching_key", f"unknown kid {kid[:64]!r}")
+            raise KeyMiss(Reason.NO_MATCHING_KEY, f"unknown kid {kid[:64]!r}")
     else:
         x5t, x5t_s256 = header.get("x5t"), header.get("x5t#S256")
         pool = keys.keys
@@ -94,7 +147,7 @@ def select_keys(
             pool = _by_certificate(pool, x5t, x5t_s256)
     candidates = tuple(key for key in pool if alg in key.algorithms)
     if not candidates:
-        raise InvalidClient("no_matching_key", f"no key of the client verifies {alg}")
+        raise KeyMiss(Reason.NO_MATCHING_KEY, f"no key of the client verifies {alg}")
     return candidates[:MAX_KEY_TRIES]
 
 
@@ -141,53 +194,26 @@ def _by_certificate(
     return tuple(exact or undeclared)
 
 
-def _prepare_key(index: int, jwk_dict: Mapping[str, Any]) -> VerificationKey:
-    where = f"key {index}"
-    if not isinstance(jwk_dict, Mapping):
-        raise ValueError(f"{where}: a JWK must be a JSON object")
-    kty = jwk_dict.get("kty")
-    if kty not in ("RSA", "EC", "OKP"):
-        raise ValueError(f"{where}: unsupported kty {str(kty)[:20]!r}")
-    if _PRIVATE_MEMBERS & jwk_dict.keys():
-        raise ValueError(f"{where}: a verification key must not carry private members")
-    if jwk_dict.get("use", "sig") != "sig":
-        raise ValueError(f"{where}: use must be 'sig'")
-    key_ops = jwk_dict.get("key_ops")
-    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
-        raise ValueError(f"{where}: key_ops must include 'verify'")
-    if kty == "RSA":
-        # Checked before import: joserfc only warns about short RSA keys.
-        bits = _rsa_modulus_bits(jwk_dict.get("n"))
-        if bits < MIN_RSA_BITS:
-            raise ValueError(f"{where}: RSA modulus of {bits} bits, at least {MIN_RSA_BITS} needed")
-        if bits > MAX_RSA_BITS:
-            raise ValueError(f"{where}: RSA modulus of {bits} bits, at most {MAX_RSA_BITS}")
-    kid = jwk_dict.get("kid")
-    x5t = jwk_dict.get("x5t")
-    x5t_s256 = jwk_dict.get("x5t#S256")
-    for name, value in (("kid", kid), ("x5t", x5t), ("x5t#S256", x5t_s256)):
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"{where}: {name} must be a string")
+def _import_key(jwk_dict: object) -> tuple[dict[str, Any], VerificationKey] | KeyRefusal:
+    refusal = key_refusal(jwk_dict)
+    if refusal is not None:
+        return refusal
     try:
-        key = jwk.import_key(dict(jwk_dict), kty)
+        # A JSON-clean copy: later changes to the caller's data never reach the key.
+        clean: dict[str, Any] = json.loads(json.dumps(jwk_dict))
+    except (TypeError, ValueError, RecursionError):
+        return KeyRefusal("holds values that are not JSON")
+    try:
+        key = jwk.import_key(dict(clean), clean["kty"])
         thumbprint = key.thumbprint()
     except Exception as exc:  # joserfc and cryptography raise many types for bad members
-        raise ValueError(f"{where}: cannot import ({type(exc).__name__})") from exc
-    return VerificationKey(
+        return KeyRefusal(f"cannot import ({type(exc).__name__})")
+    x5t, x5t_s256 = clean.get("x5t"), clean.get("x5t#S256")
+    return clean, VerificationKey(
         key=key,
-        kid=kid,
-        algorithms=key_algorithms(jwk_dict),
+        kid=clean.get("kid"),
+        algorithms=key_algorithms(clean),
         thumbprint=thumbprint,
         x5t=unpadded(x5t) if x5t is not None else None,
         x5t_s256=unpadded(x5t_s256) if x5t_s256 is not None else None,
     )
-
-
-def _rsa_modulus_bits(n: object) -> int:
-    if not isinstance(n, str):
-        return 0
-    try:
-        raw = base64.urlsafe_b64decode(n + "=" * (-len(n) % 4))
-    except (binascii.Error, ValueError):
-        return 0
-    return int.from_bytes(raw, "big").bit_length()

@@ -150,9 +150,10 @@ def shaped(server: JwksServer, **changes: Any) -> None:
     pytest.param({"body": b'{"keys": {}}'}, "bad_document", id="keys-not-a-list"),
     pytest.param({"body": b'[{"kty": "EC"}]'}, "bad_document", id="top-level-list"),
     pytest.param({"keys": []}, "no_usable_key", id="empty-set"),
-    pytest.param({"keys": [{**es_key(), "d": b64url(b"\x05" * 32)}]}, "no_usable_key",
+    pytest.param({"keys": [{**es_key(), "d": b64url(b"\x05" * 32)}]}, "secret_key_material",
                  id="private-key"),
-    pytest.param({"keys": [{"kty": "oct", "k": b64url(b"secret")}]}, "no_usable_key", id="oct"),
+    pytest.param({"keys": [{"kty": "oct", "k": b64url(b"secret")}]}, "secret_key_material",
+                 id="oct"),
     pytest.param({"keys": [rsa_1024_key()]}, "no_usable_key", id="rsa-1024"),
     pytest.param({"keys": [off_curve_key()]}, "no_usable_key", id="off-curve"),
     pytest.param({"keys": [{"kty": "XYZ"}]}, "no_usable_key", id="unknown-kty"),
@@ -174,14 +175,33 @@ async def test_failed_fetch_reasons(
 async def test_unusable_keys_are_skipped_and_reported(
     jwks: JwksServer, open_session: SessionFactory
 ) -> None:
-    jwks.keys = [{"kty": "oct", "k": "c2VjcmV0"}, {**es_key(1), "d": b64url(b"\x05" * 32)},
-                 rsa_1024_key(), off_curve_key(), es_key()]
+    jwks.keys = [{"kty": "XYZ"}, {**es_key(1), "use": "enc"}, rsa_1024_key(), off_curve_key(),
+                 es_key()]
     result = await fetch(open_session, jwks.url())
     assert [key["kid"] for key in result.keys] == ["es256-0"]
+    assert [key.kid for key in result.keyset.keys] == ["es256-0"]
     assert len(result.problems) == 4
     problems = " ".join(result.problems)
-    assert "symmetric" in problems and "private" in problems and "1024 bits" in problems
-    assert b64url(b"\x05" * 32) not in problems
+    assert "unsupported kty" in problems and "'use'" in problems and "1024 bits" in problems
+    assert "jwks.keys[3]: cannot import" in problems
+
+
+@pytest.mark.parametrize("secret", [
+    pytest.param({**es_key(1), "d": b64url(b"\x05" * 32)}, id="private-ec-key"),
+    pytest.param({**rsa_1024_key(), "p": b64url(b"\x05" * 64)}, id="rsa-prime"),
+    pytest.param({"kty": "oct", "k": b64url(b"\x05" * 32)}, id="oct-key"),
+    pytest.param({"kty": "XYZ", "d": b64url(b"\x05" * 32)}, id="unknown-kty-with-d"),
+])
+async def test_a_set_publishing_secret_key_material_is_refused_whole(
+    jwks: JwksServer, open_session: SessionFactory, secret: dict[str, Any]
+) -> None:
+    # A key server leaking a private or shared key next to good ones is compromised or
+    # broken: its good-looking keys are not to be trusted either.
+    jwks.keys = [es_key(), secret, es_key(2)]
+    error = await refused(open_session, jwks.url())
+    assert error.reason == "secret_key_material"
+    assert error.detail.startswith("jwks.keys[1]: ")
+    assert b64url(b"\x05" * 32) not in str(error) and "BQUF" not in str(error)
 
 
 async def test_unreachable_port_is_a_connect_error(open_session: SessionFactory) -> None:

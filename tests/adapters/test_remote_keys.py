@@ -264,8 +264,10 @@ async def test_a_failed_first_fetch_settles_unready_then_retries_with_backoff(
     pytest.param({"body": b" " * 2048}, "too_large", id="content-length"),
     pytest.param({"body": b" " * 20_000, "chunked": True}, "too_large", id="chunked"),
     pytest.param({"delay": 1.0}, "timeout", id="slow"),
-    pytest.param({"keys": [{**es_key(0), "d": "AAAA"}]}, "no_usable_key", id="private-key"),
-    pytest.param({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}, "no_usable_key", id="oct-key"),
+    pytest.param({"keys": [{**es_key(0), "use": "enc"}]}, "no_usable_key", id="no-usable-key"),
+    pytest.param({"keys": [{**es_key(0), "d": "AAAA"}]}, "secret_key_material", id="private-key"),
+    pytest.param({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}, "secret_key_material",
+                 id="oct-key"),
 ])
 async def test_failed_fetches_are_counted_by_reason(
     jwks: JwksServer, make_source: SourceFactory, changes: dict[str, Any], reason: str
@@ -276,6 +278,29 @@ async def test_failed_fetches_are_counted_by_reason(
     await watched.settle()
     assert watched.results == [reason] and not watched.source.ready()
     assert watched.source.status().last_error == reason
+
+
+async def test_a_leaked_secret_keeps_the_last_good_set_and_raises_an_error(
+    jwks: JwksServer, make_source: SourceFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    watched = make_source(jwks.url(), clock=clock, min_ttl=60.0, max_stale=300.0)
+    await watched.settle()
+    leaked = "c2VjcmV0LWxlYWtlZA"
+    # The attacker's set: the good key, a key of their own, and a shared secret beside them.
+    jwks.keys = [es_key(0), es_key(1), {"kty": "oct", "kid": "hs", "k": leaked}]
+    clock.advance(61.0)
+    caplog.set_level(logging.DEBUG, logger="gateway.keys")
+    held = await watched.source.refresh_for_unknown_kid()
+    assert held is not None and set(held.by_kid) == {KEY_A}  # not KEY_B: nothing of it is used
+    assert watched.results == ["ok", "secret_key_material"] and watched.counts == [1]
+    status = watched.source.status()
+    assert (status.last_error, status.stale, status.ready) == ("secret_key_material", True, True)
+    [record] = [r for r in caplog.records if "secret_key_material" in r.getMessage()]
+    assert record.levelno == logging.ERROR and "jwks.keys[2]" in record.getMessage()
+    assert leaked not in caplog.text
+    clock.advance(300.0)  # the usual max_stale rule still ends the last good set
+    assert watched.source.current() is None and watched.counts == [1, 0]
 
 
 async def test_refusals_fetch_nothing(jwks: JwksServer, make_source: SourceFactory) -> None:

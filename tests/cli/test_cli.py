@@ -17,7 +17,8 @@ import pytest
 from gateway.core.assertion import AssertionPolicy, parse_assertion, verify_assertion
 from gateway.core.keyset import prepare_keyset
 from tests.conftest import ASSERTION_TYPE, ISSUER, Backend, gateway_yaml
-from tests.support.serving import free_port, listeners, serving
+from tests.support.ports import free_port
+from tests.support.serving import listeners, serving
 from tests.support.tokens import make_signer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +125,40 @@ def test_check_reports_a_key_that_cannot_be_imported(tmp_path: Path) -> None:
         "    backend_auth: {method: none}\n")
     result = run("check", "--config", str(config))
     assert result.returncode == 2
-    assert "clients.c.jwks" in result.stdout and "Traceback" not in result.stderr
+    assert "error: clients.c.jwks.keys[0]: cannot import" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def _config_with_a_private_key(tmp_path: Path) -> tuple[Path, str]:
+    public = make_signer("ES256").public_jwk
+    private = {**public, "kid": "leaked", "d": "c2VjcmV0LXByaXZhdGUtc2NhbGFyLXZhbHVlLTMyYg"}
+    (tmp_path / "c.jwks.json").write_text(json.dumps({"keys": [public, private]}))
+    config = tmp_path / "leaky.yaml"
+    config.write_text(
+        "issuer: https://idp.test\nbackend: {url: http://127.0.0.1:1}\n"
+        "endpoints: [/oauth2/token]\nclients:\n  c:\n    jwks_file: c.jwks.json\n"
+        "    backend_auth: {method: none}\n")
+    return config, private["d"]
+
+
+def test_check_reports_key_problems_at_their_paths(tmp_path: Path) -> None:
+    config, secret = _config_with_a_private_key(tmp_path)
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "error: clients.c.jwks_file.keys[1]: holds private key material (d): "
+        "publish the public key only"]
+    assert secret not in result.stdout + result.stderr
+
+
+def test_keys_lists_usable_keys_and_names_the_refused_ones(tmp_path: Path) -> None:
+    config, secret = _config_with_a_private_key(tmp_path)
+    result = run("keys", "--config", str(config))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == "c: jwks_file, 1 key(s)"
+    assert "clients.c.jwks_file.keys[1]: holds private key material (d)" in lines[1]
+    assert "kid=es256-0" in lines[2] and secret not in result.stdout + result.stderr
 
 
 async def test_sighup_reloads_a_running_server(backend: Backend, tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import copy
 import functools
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.adapters.assemble import build_runtime
 from gateway.config.errors import ConfigError
+from gateway.config.files import SecretFile
 from gateway.config.lint import lint_settings
 from gateway.config.settings import (
     DEFAULT_ALGORITHMS,
@@ -23,6 +27,7 @@ from gateway.config.settings import (
     DEFAULT_CLOCK_SKEW,
     DEFAULT_MAX_LIFETIME,
     DEFAULT_MEMORY_MAX_ENTRIES,
+    BackendAuthSettings,
     BackendSettings,
     ClientSettings,
     Settings,
@@ -107,12 +112,21 @@ def problems(tmp_path: Path, config: dict[str, Any] | str, env: dict[str, str] |
     return caught.value.problems
 
 
+def check_problems(tmp_path: Path, config: dict[str, Any] | str,
+                   env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """What `check` reports: the settings' problems, else those of importing the keys."""
+    with pytest.raises(ConfigError) as caught:
+        build_runtime(load(tmp_path, config, env))
+    return caught.value.problems
+
+
 def test_base_config_loads(tmp_path: Path) -> None:
     settings = load(tmp_path, base_config())
     client = settings.clients["ci"]
-    assert client.jwks_keys == (ec_keypair()[0],)
+    assert client.configured_jwks() == ("jwks", {"keys": [ec_keypair()[0]]})
     assert client.backend_auth.secret_value() == FILE_SECRET
-    assert client.backend_auth.secret_file == str(tmp_path / "ci.secret")
+    assert client.backend_auth.secret_file is not None
+    assert client.backend_auth.secret_file.path == str(tmp_path / "ci.secret")
     assert settings.endpoints == ("/oauth2/token", "/oauth2/revoke")
     assert settings.policy.algorithms == ("ES256", "PS256")
 
@@ -247,7 +261,7 @@ SINGLE_PROBLEMS = [
 def test_one_problem_at_its_dotted_path(
     tmp_path: Path, changes: dict[str, Any], path: str, needle: str
 ) -> None:
-    found = problems(tmp_path, changed(changes), env={"CI_SECRET": "x"})
+    found = check_problems(tmp_path, changed(changes), env={"CI_SECRET": "x"})
     assert len(found) == 1, found
     assert found[0][0] == path
     assert needle in found[0][1]
@@ -260,7 +274,6 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "endpoints": ["/t", "/t"],
         "policy.algorithms": ["HS256"],
         "replay.store": "disk",
-        "clients.ci.jwks": {"keys": [{"kty": "oct", "k": "AA"}]},
         "clients.ci.backend_auth.secret_file": "absent.secret",
         "clients.other": {"jwks_uri": "http://x.example/jwks",
                           "backend_auth": {"method": "none"}},
@@ -269,9 +282,28 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     paths = [path for path, _ in problems(tmp_path, text)]
     assert sorted(paths) == sorted([
         "listen.port", "issuer", "backend.timeout", "endpoints[1]", "policy.algorithms[0]",
-        "replay.store", "clients.ci.jwks.keys[0]", "clients.ci.jwks",
-        "clients.ci.backend_auth.secret_file", "clients.other.jwks_uri",
+        "replay.store", "clients.ci.backend_auth.secret_file", "clients.other.jwks_uri",
     ])
+
+
+def test_every_key_problem_is_reported_at_once(tmp_path: Path) -> None:
+    # Keys are checked where they are imported, once the settings themselves are valid.
+    public, private = ec_keypair()
+    (tmp_path / "file.jwks.json").write_text(json.dumps({"keys": [private]}))
+    data = changed({
+        "clients.ci.jwks": {"keys": [{"kty": "oct", "k": "AA"}, public]},
+        "clients.file": {"jwks_file": "file.jwks.json", "backend_auth": {"method": "none"}},
+        "clients.off": {"jwks": {"keys": []}, "enabled": False,
+                        "backend_auth": {"method": "none"}},
+    })
+    assert check_problems(tmp_path, data) == [
+        ("clients.ci.jwks.keys[0]", "is a symmetric ('oct') key: only public asymmetric keys "
+                                    "verify client assertions"),
+        ("clients.file.jwks_file.keys[0]",
+         "holds private key material (d): publish the public key only"),
+        ("clients.file.jwks_file", "holds no usable public signing key"),
+        ("clients.off.jwks", "holds no usable public signing key"),
+    ]
 
 
 def test_problems_come_as_a_readable_message(tmp_path: Path) -> None:
@@ -317,7 +349,7 @@ def test_anchors_and_aliases_share_values(tmp_path: Path) -> None:
                                       "backend_auth": {"method": "none"}}})
     text = dump(data).replace("    jwks:\n", "    jwks: &keys\n", 1).replace("SHARED", "*keys")
     settings = load(tmp_path, text)
-    assert settings.clients["other"].jwks_keys == settings.clients["ci"].jwks_keys
+    assert settings.clients["other"].configured_jwks() == settings.clients["ci"].configured_jwks()
 
 
 def test_alias_expansion_is_bounded(tmp_path: Path) -> None:
@@ -418,7 +450,8 @@ def test_secrets_stay_out_of_repr_and_str(tmp_path: Path) -> None:
         "jwks": {"keys": [ec_keypair()[0]]},
         "backend_auth": {"method": "client_secret_post", "secret": "!env OTHER_SECRET"}}})
     settings = load(tmp_path, data, env={"OTHER_SECRET": "env-secret-value"})
-    for text in (repr(settings), str(settings), repr(settings.clients["other"].backend_auth)):
+    for text in (repr(settings), str(settings), repr(settings.clients["other"].backend_auth),
+                 settings.model_dump_json()):
         assert "env-secret-value" not in text
         assert FILE_SECRET not in text
     assert settings.clients["other"].backend_auth.secret_value() == "env-secret-value"
@@ -433,11 +466,14 @@ def test_jwks_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
     public, private = ec_keypair()
     (tmp_path / "ci.jwks.json").write_text(json.dumps({"keys": [public, private]}))
     data = changed({"clients.ci.jwks": DELETE, "clients.ci.jwks_file": "ci.jwks.json"})
-    assert problems(tmp_path, data) == [
+    assert check_problems(tmp_path, data) == [
         ("clients.ci.jwks_file.keys[1]",
          "holds private key material (d): publish the public key only")]
     (tmp_path / "ci.jwks.json").write_text(json.dumps({"keys": [public]}))
-    assert load(tmp_path, data).clients["ci"].jwks_keys == (public,)
+    client = load(tmp_path, data).clients["ci"]
+    assert client.configured_jwks() == ("jwks_file", {"keys": [public]})
+    assert client.jwks_file is not None
+    assert client.jwks_file.path == str(tmp_path / "ci.jwks.json")
 
 
 def test_jwks_file_that_is_not_json(tmp_path: Path) -> None:
@@ -450,7 +486,7 @@ def test_jwks_file_that_is_not_json(tmp_path: Path) -> None:
 
 def test_jwks_uri_client_has_no_loaded_keys(tmp_path: Path) -> None:
     data = changed({"clients.ci.jwks": DELETE, "clients.ci.jwks_uri": "https://ci.example/j"})
-    assert load(tmp_path, data).clients["ci"].jwks_keys is None
+    assert load(tmp_path, data).clients["ci"].configured_jwks() is None
 
 
 def test_jwks_uri_over_http_needs_allow_http(tmp_path: Path) -> None:
@@ -539,11 +575,28 @@ def test_models_are_frozen(tmp_path: Path) -> None:
         settings.issuer = "https://other.example"
 
 
-def test_inline_jwks_keys_are_filtered_when_built_in_python() -> None:
+def test_settings_built_in_python_keep_the_set_for_the_runtime_to_check() -> None:
     public, private = ec_keypair()
     client = ClientSettings.model_validate({
         "jwks": {"keys": [public, private]}, "backend_auth": {"method": "none"}})
-    assert client.jwks_keys == (public,)
+    assert client.configured_jwks() == ("jwks", {"keys": [public, private]})
+    settings = Settings(issuer="https://idp.example.com", backend=BackendSettings(
+        url="https://legacy.example.com"), endpoints=("/oauth2/token",), clients={"ci": client})
+    with pytest.raises(ConfigError) as caught:
+        build_runtime(settings)
+    assert caught.value.problems == [
+        ("clients.ci.jwks.keys[1]", "holds private key material (d): publish the public key only")]
+
+
+def test_settings_built_in_python_take_a_read_secret_file() -> None:
+    secret = SecretFile("/run/secrets/ci", pydantic.SecretStr("from-python"))
+    auth = BackendAuthSettings(method="client_secret_basic", secret_file=secret)
+    assert auth.secret_value() == "from-python"
+    assert "from-python" not in repr(auth)
+    # Validation reads no file: a bare path has no contents to look up.
+    with pytest.raises(pydantic.ValidationError, match="was not read"):
+        BackendAuthSettings.model_validate(
+            {"method": "client_secret_basic", "secret_file": "/run/secrets/ci"})
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -554,16 +607,64 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_parse_settings_from_text(tmp_path: Path) -> None:
-    (tmp_path / "ci.secret").write_text("t\n")
-    settings = parse_settings(dump(base_config()), base_dir=tmp_path, env={})
+    settings = parse_settings(dump(base_config()), base_dir=tmp_path, env={},
+                              files={str(tmp_path / "ci.secret"): b"t\n"})
     assert settings.clients["ci"].backend_auth.secret_value() == "t"
+
+
+def test_parse_settings_touches_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    public = ec_keypair()[0]
+    base = Path("/nowhere/config")
+    data = changed({"clients.ci.jwks": DELETE, "clients.ci.jwks_file": "ci.jwks.json",
+                    "replay.redis_password_file": "/run/redis.password",
+                    "jwks_fetch.ca_file": "ca.pem"})
+    files = {"/nowhere/config/ci.jwks.json": json.dumps({"keys": [public]}).encode(),
+             "/nowhere/config/ci.secret": b"from-the-mapping\n",
+             "/run/redis.password": b"redis-pw", "/nowhere/config/ca.pem": b"PEM"}
+
+    def no_io(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"file access: {args}")
+
+    for owner, name in ((Path, "open"), (Path, "read_bytes"), (Path, "read_text"),
+                        (builtins, "open"), (os, "open"), (os, "stat")):
+        monkeypatch.setattr(owner, name, no_io)
+    settings = parse_settings(dump(data), base_dir=base, env={}, files=files)
+    client = settings.clients["ci"]
+    assert client.configured_jwks() == ("jwks_file", {"keys": [public]})
+    assert client.backend_auth.secret_value() == "from-the-mapping"
+    assert settings.replay.password_value() == "redis-pw"
+    assert settings.jwks_fetch.ca_file == "/nowhere/config/ca.pem"
+
+
+def test_parse_settings_reports_files_it_was_not_given(tmp_path: Path) -> None:
+    (tmp_path / "ci.secret").write_text("on disk, but not given\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(dump(base_config()), base_dir=tmp_path, env={})
+    assert caught.value.problems == [
+        ("clients.ci.backend_auth.secret_file",
+         f"cannot read {tmp_path / 'ci.secret'}: its contents were not given")]
+
+
+def test_redis_password_file_is_read_when_loading(tmp_path: Path) -> None:
+    (tmp_path / "redis.password").write_text("redis-secret\n")
+    data = changed({"replay.store": "redis", "replay.redis_password_file": "redis.password"})
+    settings = load(tmp_path, data)
+    assert settings.replay.password_value() == "redis-secret"
+    assert "redis-secret" not in repr(settings) + settings.model_dump_json()
+    assert json.loads(settings.model_dump_json())["replay"]["redis_password_file"] == str(
+        tmp_path / "redis.password")
+    (tmp_path / "redis.password").unlink()  # loaded settings never read it again
+    assert settings.replay.password_value() == "redis-secret"
+    assert problems(tmp_path, data) == [
+        ("replay.redis_password_file",
+         f"cannot read {tmp_path / 'redis.password'}: no such file or directory")]
 
 
 def test_example_config_loads_without_warnings() -> None:
     settings = load_settings(EXAMPLE, env=EXAMPLE_ENV)
     assert lint_settings(settings) == []
     assert settings.clients["ci-pipeline"].backend_auth.secret_value() == "ci-secret-for-tests"
-    assert settings.clients["ci-pipeline"].jwks_keys
+    assert "ci-pipeline" in build_runtime(settings).clients
     assert settings.effective_policy("partner-acme").algorithms == ("ES256",)
 
 

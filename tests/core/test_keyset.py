@@ -1,16 +1,22 @@
-"""Verification keys: import once, algorithms per key, thumbprints, refusals of unusable JWKs."""
+"""Verification keys: one check-and-import of a JWK Set, algorithms per key, thumbprints."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from joserfc.jwa import JWSAlgModel
 
-from gateway.core.keyset import JWS_ALGORITHMS, key_algorithms, prepare_keyset
-from tests.support.tokens import OMIT, make_signer, merge
+from gateway.core.jwk_rules import decode_base64url
+from gateway.core.keyset import JWS_ALGORITHMS, import_jwks, key_algorithms, prepare_keyset
+from tests.support.tokens import OMIT, b64url, make_signer, merge
+
+PATH = "clients.acme.jwks"
 
 # RFC 7638 §3.1: the example RSA key and its SHA-256 thumbprint.
 RFC7638_KEY = {
@@ -102,40 +108,196 @@ def test_registry_is_explicit() -> None:
     assert model.security_warning is None
 
 
-def _rsa(bits: int) -> dict[str, Any]:
-    n = base64.urlsafe_b64encode((1 << (bits - 1) | 1).to_bytes(bits // 8, "big"))
-    return {"kty": "RSA", "n": n.decode().rstrip("="), "e": "AQAB"}
+def int_b64(value: int) -> str:
+    return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
 
 
-EC = make_signer("ES256").public_jwk
+@functools.cache
+def rsa_jwk(bits: int) -> dict[str, Any]:
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
+    public = numbers.public_numbers
+    return {"kty": "RSA", "n": int_b64(public.n), "e": int_b64(public.e), "d": int_b64(numbers.d)}
+
+
+def public_rsa(bits: int = 2048) -> dict[str, Any]:
+    return {k: v for k, v in rsa_jwk(bits).items() if k != "d"}
+
+
+@functools.cache
+def ec_private_jwk(curve_name: str = "P-256") -> dict[str, Any]:
+    curve: ec.EllipticCurve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(),
+                               "P-521": ec.SECP521R1()}[curve_name]
+    size = (curve.key_size + 7) // 8
+    numbers = ec.generate_private_key(curve).private_numbers()
+    point = numbers.public_numbers
+    return {"kty": "EC", "crv": curve_name, "x": b64url(point.x.to_bytes(size, "big")),
+            "y": b64url(point.y.to_bytes(size, "big")),
+            "d": b64url(numbers.private_value.to_bytes(size, "big"))}
+
+
+def public_ec(curve_name: str = "P-256", **extra: Any) -> dict[str, Any]:
+    key = {k: v for k, v in ec_private_jwk(curve_name).items() if k != "d"}
+    return {**key, **extra}
+
+
+def public_okp(curve: str = "Ed25519") -> dict[str, Any]:
+    private = ed25519.Ed25519PrivateKey if curve == "Ed25519" else ed448.Ed448PrivateKey
+    raw = private.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"kty": "OKP", "crv": curve, "x": b64url(raw)}
 
 
 @pytest.mark.parametrize(
-    ("jwk", "message"),
+    "key",
     [
-        pytest.param({"kty": "oct", "k": "c2VjcmV0"}, "unsupported kty", id="oct"),
-        pytest.param({"kty": "XYZ"}, "unsupported kty", id="unknown-kty"),
-        pytest.param({"n": "AA"}, "unsupported kty", id="no-kty"),
-        pytest.param(merge(EC, {"d": "AAAA"}), "private members", id="private-ec"),
-        pytest.param({**RFC7638_KEY, "p": "AA"}, "private members", id="private-rsa"),
-        pytest.param(_rsa(1024), "1024 bits", id="rsa-1024"),
-        pytest.param({**_rsa(2048), "n": "!!"}, "0 bits", id="rsa-bad-base64"),
-        pytest.param(merge(RFC7638_KEY, {"n": OMIT}), "0 bits", id="rsa-no-n"),
-        pytest.param(merge(EC, {"use": "enc"}), "use must be", id="use-enc"),
-        pytest.param(merge(EC, {"key_ops": ["sign"]}), "key_ops", id="key-ops-without-verify"),
-        pytest.param(merge(EC, {"key_ops": "verify"}), "key_ops", id="key-ops-not-a-list"),
-        pytest.param(merge(EC, {"kid": 7}), "kid must be a string", id="kid-not-string"),
-        pytest.param(merge(EC, {"x5t": ["a"]}), "x5t must be a string", id="x5t-not-string"),
-        pytest.param(merge(EC, {"y": EC["x"]}), "cannot import", id="ec-point-off-curve"),
-        pytest.param(merge(EC, {"crv": "P-999"}), "cannot import", id="ec-unknown-curve"),
-        pytest.param(merge(EC, {"x": OMIT}), "cannot import", id="ec-missing-x"),
-        pytest.param("not a mapping", "JSON object", id="not-a-mapping"),
+        pytest.param(public_rsa(), id="rsa-2048"),
+        pytest.param(public_ec("P-256"), id="ec-p256"),
+        pytest.param(public_ec("P-384"), id="ec-p384"),
+        pytest.param(public_ec("P-521"), id="ec-p521"),
+        pytest.param(public_okp(), id="okp-ed25519"),
+        pytest.param(public_ec(use="sig", kid="k1", alg="ES256"), id="use-sig-with-kid"),
+        pytest.param(public_ec(key_ops=["verify"]), id="key-ops-verify"),
     ],
 )
-def test_unusable_keys_are_refused(jwk: Any, message: str) -> None:
-    with pytest.raises(ValueError, match=message) as caught:
-        prepare_keyset([RFC7638_KEY, jwk])
-    assert str(caught.value).startswith("key 1:")
+def test_public_signing_key_is_imported(key: dict[str, Any]) -> None:
+    result = import_jwks({"keys": [key]}, PATH)
+    assert (result.problems, result.secret) == ((), ())
+    assert result.keys == (key,)
+    assert len(result.keyset.keys) == 1
+
+
+def test_imported_keys_are_copies() -> None:
+    key = public_ec()
+    result = import_jwks({"keys": [key]}, PATH)
+    result.keys[0]["x"] = "changed"
+    assert key["x"] != "changed"
+
+
+def test_ed448_key_is_imported_but_verifies_nothing() -> None:
+    (key,) = import_jwks({"keys": [public_okp("Ed448")]}, PATH).keyset.keys
+    assert key.algorithms == frozenset()
+
+
+EC = make_signer("ES256").public_jwk
+SECRET = True
+
+UNUSABLE = [
+    pytest.param(ec_private_jwk(), "private key material (d)", SECRET, id="ec-private-d"),
+    pytest.param(rsa_jwk(2048), "private key material (d)", SECRET, id="rsa-private-d"),
+    pytest.param({**public_rsa(), "p": "AQAB", "q": "AQAB"}, "(p, q)", SECRET, id="rsa-primes"),
+    pytest.param({"kty": "oct", "k": "c2VjcmV0"}, "symmetric ('oct')", SECRET, id="oct"),
+    pytest.param({"kty": "oct"}, "symmetric ('oct')", SECRET, id="oct-without-k"),
+    pytest.param({"k": "c2VjcmV0"}, "private key material (k)", SECRET, id="k-without-kty"),
+    pytest.param(public_rsa(1024), "1024 bits is too short", False, id="rsa-1024"),
+    pytest.param({"kty": "RSA", "n": b64url(b"\xff" * 1025), "e": "AQAB"}, "at most 8192",
+                 False, id="rsa-8200"),
+    pytest.param(public_ec(use="enc"), "'use' other than 'sig'", False, id="use-enc"),
+    pytest.param(public_ec(key_ops=["sign"]), "without 'verify'", False, id="key-ops-sign"),
+    pytest.param(public_ec(key_ops="verify"), "list of strings", False, id="key-ops-not-list"),
+    pytest.param({"kty": "X", "x": "AA"}, "unsupported kty 'X'", False, id="unknown-kty"),
+    pytest.param({"crv": "P-256"}, "has no 'kty'", False, id="no-kty"),
+    pytest.param("not-a-key", "must be a mapping", False, id="not-a-mapping"),
+    pytest.param(public_ec(x="not base64!"), "'x' is missing or not base64url", False,
+                 id="bad-base64-x"),
+    pytest.param(public_ec(x=public_ec()["x"] + "="), "not base64url", False,
+                 id="padded-base64"),
+    pytest.param({**public_rsa(), "n": "A"}, "'n' is missing or not base64url", False,
+                 id="impossible-base64-length"),
+    pytest.param({**public_rsa(), "n": "!!"}, "'n' is missing", False, id="rsa-bad-base64"),
+    pytest.param(merge(public_rsa(), {"e": OMIT}), "'e' is missing", False, id="rsa-no-e"),
+    pytest.param({**public_rsa(), "e": "AA"}, "exponent is not valid", False, id="rsa-zero-e"),
+    pytest.param(public_ec(crv="secp256k1"), "not a signing curve", False,
+                 id="ec-unknown-curve"),
+    pytest.param(public_ec(y=b64url(b"\x01" * 31)), "31 bytes, P-256 needs 32", False,
+                 id="ec-short-y"),
+    pytest.param(merge(EC, {"x": OMIT}), "'x' is missing", False, id="ec-missing-x"),
+    pytest.param({"kty": "OKP", "crv": "X25519", "x": b64url(b"\x00" * 32)},
+                 "not a signing curve", False, id="okp-x25519"),
+    pytest.param(public_ec(kid=7), "'kid' must be a string", False, id="kid-not-string"),
+    pytest.param(merge(EC, {"x5t": ["a"]}), "'x5t' must be a string", False,
+                 id="x5t-not-string"),
+    pytest.param(public_ec(extra={1, 2}), "not JSON", False, id="not-json"),
+    # Structurally a P-256 key, but not a point of the curve: only the import can tell.
+    pytest.param(merge(EC, {"y": EC["x"]}), "cannot import", False, id="ec-point-off-curve"),
+]
+
+
+@pytest.mark.parametrize(("key", "needle", "secret"), UNUSABLE)
+def test_unusable_key_is_refused_with_its_path(key: object, needle: str, secret: bool) -> None:
+    good = public_okp()
+    result = import_jwks({"keys": [good, key]}, PATH)
+    assert result.keys == (good,) and len(result.keyset.keys) == 1
+    [(path, message)] = result.problems
+    assert path == f"{PATH}.keys[1]" and needle in message
+    assert result.secret == (((path, message),) if secret else ())
+
+
+@pytest.mark.parametrize(("key", "needle", "secret"), UNUSABLE)
+def test_prepare_keyset_names_the_first_unusable_key(
+    key: object, needle: str, secret: bool
+) -> None:
+    with pytest.raises(ValueError, match=r"^key 1: ") as caught:
+        prepare_keyset([RFC7638_KEY, key])  # type: ignore[list-item]
+    assert needle in str(caught.value)
+
+
+def test_problems_never_hold_key_material() -> None:
+    private = ec_private_jwk()
+    document = {"keys": [private, {"kty": "oct", "k": "c2VjcmV0LXZhbHVl"}, rsa_jwk(2048)]}
+    text = repr(import_jwks(document, PATH))
+    for value in (private["d"], private["x"], "c2VjcmV0LXZhbHVl", rsa_jwk(2048)["d"]):
+        assert value not in text
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param({"keys": []}, id="empty-set"),
+        pytest.param({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}, id="only-unusable-keys"),
+    ],
+)
+def test_set_without_usable_key_is_a_problem(document: dict[str, Any]) -> None:
+    result = import_jwks(document, PATH)
+    assert result.keys == () and result.keyset.keys == ()
+    assert (PATH, "holds no usable public signing key") in result.problems
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param([public_ec()], id="bare-list"),
+        pytest.param({"key": [public_ec()]}, id="no-keys-member"),
+        pytest.param({"keys": "abc"}, id="keys-not-a-list"),
+        pytest.param(None, id="none"),
+    ],
+)
+def test_not_a_jwk_set(document: object) -> None:
+    result = import_jwks(document, PATH)
+    assert result.problems == ((PATH, "must be a JWK Set: a mapping with a 'keys' list"),)
+    assert (result.keys, result.keyset.keys, result.secret) == ((), (), ())
+
+
+def test_every_problem_is_reported() -> None:
+    document = {"keys": [ec_private_jwk(), {"kty": "oct", "k": "AA"}, public_ec(use="enc")]}
+    result = import_jwks(document, PATH)
+    assert [path for path, _ in result.problems] == [
+        f"{PATH}.keys[0]", f"{PATH}.keys[1]", f"{PATH}.keys[2]", PATH]
+    assert [path for path, _ in result.secret] == [f"{PATH}.keys[0]", f"{PATH}.keys[1]"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("AQAB", b"\x01\x00\x01", id="plain"),
+        pytest.param("_-8", b"\xff\xef", id="url-alphabet"),
+        pytest.param("AQAB=", None, id="padding"),
+        pytest.param("a+b/", None, id="standard-alphabet"),
+        pytest.param("", None, id="empty"),
+        pytest.param("A", None, id="impossible-length"),
+        pytest.param(5, None, id="not-a-string"),
+    ],
+)
+def test_decode_base64url(text: object, expected: bytes | None) -> None:
+    assert decode_base64url(text) == expected
 
 
 def test_empty_keyset() -> None:

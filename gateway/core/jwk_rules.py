@@ -1,12 +1,12 @@
-"""Structural filtering of a JWK Set down to the public asymmetric signing keys we may trust."""
+"""What a JWK must be to verify client assertions: the structural rules and their constants."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 MIN_RSA_BITS = 2048
@@ -18,57 +18,49 @@ PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 # Coordinate length in bytes per curve: a wrong length means a corrupt or mislabelled key.
 EC_CURVES = {"P-256": 32, "P-384": 48, "P-521": 66}
 OKP_CURVES = {"Ed25519": 32, "Ed448": 57}
+# Members read as text: a number or a list there is a broken key, not a value to coerce.
+_STRING_MEMBERS = ("kid", "alg", "x5t", "x5t#S256")
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
-Problems = list[tuple[str, str]]
+
+@dataclass(frozen=True, slots=True)
+class KeyRefusal:
+    """Why a JWK cannot verify signatures. The message names members, never their values."""
+
+    message: str
+    # The key is secret material (a private member, or a symmetric key): whoever published
+    # it has leaked a secret, which is worse than publishing an unusable key.
+    secret: bool = False
 
 
-def filter_public_jwks(obj: object, path: str) -> tuple[tuple[dict[str, Any], ...], Problems]:
-    """Keep the public RSA/EC/OKP signing keys of a JWK Set; report every other key.
+def key_refusal(key: object) -> KeyRefusal | None:
+    """Why `key` cannot serve as a public signature-verification key, or None when it can.
 
-    `path` prefixes each problem (e.g. ``clients.acme.jwks``). Never raises: a
-    value that is not a JWK Set gives a problem. The kept keys are JSON-clean
-    copies, so later changes to `obj` do not reach them.
+    Structure only: a key passing here may still fail to import (a point off its curve).
     """
-    if not isinstance(obj, Mapping) or not _is_sequence(obj.get("keys")):
-        return (), [(path, "must be a JWK Set: a mapping with a 'keys' list")]
-    kept: list[dict[str, Any]] = []
-    problems: Problems = []
-    for index, key in enumerate(obj["keys"]):
-        key_path = f"{path}.keys[{index}]"
-        problem = _key_problem(key)
-        if problem is not None:
-            problems.append((key_path, problem))
-            continue
-        try:
-            kept.append(json.loads(json.dumps(key)))
-        except (TypeError, ValueError):
-            problems.append((key_path, "holds values that are not JSON"))
-    if not kept:
-        problems.append((path, "holds no usable public signing key"))
-    return tuple(kept), problems
-
-
-def _is_sequence(value: object) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
-
-
-def _key_problem(key: object) -> str | None:
-    """Why `key` cannot be used to verify signatures, or None when it can."""
     if not isinstance(key, Mapping):
-        return "must be a mapping (a JWK)"
+        return KeyRefusal("must be a mapping (a JWK)")
+    secret = _secret_material(key)
+    if secret is not None:
+        return KeyRefusal(secret, secret=True)
     kty = key.get("kty")
     if not isinstance(kty, str):
-        return "has no 'kty'"
-    if kty == "oct":
+        return KeyRefusal("has no 'kty'")
+    problem = _usage_problem(key) or _type_problem(key, kty)
+    return None if problem is None else KeyRefusal(problem)
+
+
+def _secret_material(key: Mapping[str, Any]) -> str | None:
+    if key.get("kty") == "oct":
         return "is a symmetric ('oct') key: only public asymmetric keys verify client assertions"
     private = [name for name in PRIVATE_MEMBERS if name in key]
     if private:
         return f"holds private key material ({', '.join(private)}): publish the public key only"
-    problem = _usage_problem(key)
-    if problem is not None:
-        return problem
+    return None
+
+
+def _type_problem(key: Mapping[str, Any], kty: str) -> str | None:
     if kty == "RSA":
         return _rsa_problem(key)
     if kty == "EC":
@@ -78,15 +70,20 @@ def _key_problem(key: object) -> str | None:
     return f"skipped: unsupported kty {kty[:20]!r}"
 
 
+def is_sequence(value: object) -> bool:
+    """A list-like value that is not text (JSON arrays, YAML sequences)."""
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
 def _usage_problem(key: Mapping[str, Any]) -> str | None:
-    for name in ("kid", "alg"):
+    for name in _STRING_MEMBERS:
         if name in key and not isinstance(key[name], str):
             return f"'{name}' must be a string"
     if "use" in key and key["use"] != "sig":
         return "has 'use' other than 'sig': it is not a signing key"
     if "key_ops" in key:
         ops = key["key_ops"]
-        if not _is_sequence(ops) or not all(isinstance(op, str) for op in ops):
+        if not is_sequence(ops) or not all(isinstance(op, str) for op in ops):
             return "'key_ops' must be a list of strings"
         if "verify" not in ops:
             return "has 'key_ops' without 'verify': it is not a verification key"
@@ -99,6 +96,7 @@ def _rsa_problem(key: Mapping[str, Any]) -> str | None:
     if n is None or e is None:
         name = "n" if n is None else "e"
         return f"RSA key's '{name}' is missing or not base64url"
+    # Checked here, not left to the import: joserfc only warns about short RSA keys.
     bits = int.from_bytes(n, "big").bit_length()
     if bits < MIN_RSA_BITS:
         return f"RSA modulus of {bits} bits is too short (at least {MIN_RSA_BITS})"
