@@ -43,6 +43,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.core.errors import TemporarilyUnavailable
+from gateway.core.reasons import Reason
 from gateway.core.replay import ExpiringKeys, ReplayLedger, ledger_key
 
 KEY_PREFIX = "pkjwt:jti:"
@@ -257,7 +258,7 @@ def translate_redis_error(exc: BaseException) -> TemporarilyUnavailable:
     detail = f"{type(exc).__name__}: {exc}"
     if not isinstance(exc, STORE_FAILURES):
         detail = f"unexpected {detail}"
-    return TemporarilyUnavailable("replay_store_unavailable", detail[:200])
+    return TemporarilyUnavailable(Reason.REPLAY_STORE_UNAVAILABLE, detail[:200])
 
 
 class _RecentJtis:

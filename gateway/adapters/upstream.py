@@ -16,6 +16,7 @@ from gateway.adapters.backend_client import (
 )
 from gateway.config.settings import BackendSettings
 from gateway.core.errors import BadGateway, GatewayError, GatewayTimeout, InvalidRequest
+from gateway.core.reasons import Reason
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus fields the gateway recomputes itself.
 HOP_BY_HOP = frozenset(
@@ -30,10 +31,10 @@ _REPLY_SKIP = HOP_BY_HOP | {"content-length"}
 DEFAULT_BACKEND_KEEPALIVE = 4.0
 # What each failure the backend client reports becomes, most specific first (a BackendTimeout
 # is a BackendUnavailable). Anything else it raises is a bug and surfaces as a 500.
-BACKEND_FAILURES: tuple[tuple[type[Exception], type[GatewayError], str], ...] = (
-    (BackendTimeout, GatewayTimeout, "backend_timeout"),
-    (BackendUnavailable, BadGateway, "backend_unreachable"),
-    (UnsendableRequest, InvalidRequest, "unforwardable"),
+BACKEND_FAILURES: tuple[tuple[type[Exception], type[GatewayError], Reason], ...] = (
+    (BackendTimeout, GatewayTimeout, Reason.BACKEND_TIMEOUT),
+    (BackendUnavailable, BadGateway, Reason.BACKEND_UNREACHABLE),
+    (UnsendableRequest, InvalidRequest, Reason.UNFORWARDABLE),
 )
 _CAUGHT = tuple(kind for kind, _, _ in BACKEND_FAILURES)
 

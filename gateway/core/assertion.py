@@ -12,6 +12,7 @@ from typing import Any
 from gateway.core.certificates import check_certificate_binding, check_x5c_shape
 from gateway.core.errors import GatewayError, InvalidClient, KeyMiss
 from gateway.core.keyset import EDDSA_NAMES, JWS_ALGORITHMS, KeySet, VerificationKey, select_keys
+from gateway.core.reasons import Reason
 
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_JTI_LENGTH = 256
@@ -87,7 +88,7 @@ def parse_assertion(token: str) -> ParsedAssertion:
     except GatewayError:
         raise
     except Exception as exc:  # nothing foreign may escape, whatever the input
-        raise InvalidClient("malformed", f"unexpected {type(exc).__name__}") from exc
+        raise InvalidClient(Reason.MALFORMED, f"unexpected {type(exc).__name__}") from exc
 
 
 def verify_assertion(
@@ -112,7 +113,7 @@ def verify_assertion(
     except GatewayError:
         raise
     except Exception as exc:  # nothing foreign may escape
-        raise InvalidClient("malformed", f"unexpected {type(exc).__name__}") from exc
+        raise InvalidClient(Reason.MALFORMED, f"unexpected {type(exc).__name__}") from exc
     return VerifiedAssertion(
         client_id=policy.client_id, jti=jti, exp=exp, alg=alg, kid=key.kid,
         key_thumbprint=key.thumbprint,
@@ -121,31 +122,32 @@ def verify_assertion(
 
 def _parse(token: str) -> ParsedAssertion:
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidClient("malformed", "not a string or longer than the maximum")
+        raise InvalidClient(Reason.MALFORMED, "not a string or longer than the maximum")
     match = _COMPACT_JWS.fullmatch(token)
     if match is None:
-        raise InvalidClient("malformed", f"not a compact JWS ({token.count('.') + 1} segments)")
+        segments = token.count(".") + 1
+        raise InvalidClient(Reason.MALFORMED, f"not a compact JWS ({segments} segments)")
     header_segment, payload_segment, signature_segment = match.groups()
     header = _decode_json(header_segment, "header")
     if type(header) is not dict:
-        raise InvalidClient("bad_header", "header is not a JSON object")
+        raise InvalidClient(Reason.BAD_HEADER, "header is not a JSON object")
     forbidden = header.keys() - ALLOWED_HEADER_MEMBERS
     if forbidden:
-        raise InvalidClient("forbidden_header", repr(sorted(forbidden)[:4])[:120])
+        raise InvalidClient(Reason.FORBIDDEN_HEADER, repr(sorted(forbidden)[:4])[:120])
     if "alg" not in header:
-        raise InvalidClient("bad_header", "no alg")
+        raise InvalidClient(Reason.BAD_HEADER, "no alg")
     for name, value in header.items():
         if name == "x5c":
             check_x5c_shape(value)
         elif type(value) is not str:
-            raise InvalidClient("bad_header", f"{name} is not a string")
+            raise InvalidClient(Reason.BAD_HEADER, f"{name} is not a string")
     claims = _decode_json(payload_segment, "payload")
     if type(claims) is not dict:
-        raise InvalidClient("malformed", "payload is not a JSON object")
+        raise InvalidClient(Reason.MALFORMED, "payload is not a JSON object")
     signature = _decode_base64url(signature_segment, "signature")
     # The signature segment is the one part the signature does not cover: keep it canonical.
     if base64.urlsafe_b64encode(signature).rstrip(b"=") != signature_segment.encode("ascii"):
-        raise InvalidClient("malformed", "signature: non-canonical base64url")
+        raise InvalidClient(Reason.MALFORMED, "signature: non-canonical base64url")
     return ParsedAssertion(
         header=header,
         claims=claims,
@@ -176,7 +178,7 @@ def _decode_base64url(segment: str, part: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except ValueError as exc:
-        raise InvalidClient("malformed", f"{part}: bad base64url") from exc
+        raise InvalidClient(Reason.MALFORMED, f"{part}: bad base64url") from exc
 
 
 def _decode_json(segment: str, part: str) -> Any:
@@ -184,9 +186,9 @@ def _decode_json(segment: str, part: str) -> Any:
     try:
         return _JSON.decode(raw.decode("utf-8"))
     except _DuplicateMember as exc:
-        raise InvalidClient("malformed", f"{part}: duplicate member") from exc
+        raise InvalidClient(Reason.MALFORMED, f"{part}: duplicate member") from exc
     except (ValueError, RecursionError) as exc:
-        raise InvalidClient("malformed", f"{part}: not JSON ({type(exc).__name__})") from exc
+        raise InvalidClient(Reason.MALFORMED, f"{part}: not JSON ({type(exc).__name__})") from exc
 
 
 def _check_algorithm(alg: str, policy: AssertionPolicy) -> None:
@@ -194,7 +196,7 @@ def _check_algorithm(alg: str, policy: AssertionPolicy) -> None:
     if alg not in JWS_ALGORITHMS or not (
         alg in allowed or (alg in EDDSA_NAMES and not EDDSA_NAMES.isdisjoint(allowed))
     ):
-        raise InvalidClient("alg_not_allowed", repr(alg)[:40])
+        raise InvalidClient(Reason.ALG_NOT_ALLOWED, repr(alg)[:40])
 
 
 def _check_typ(typ: str | None, require_typ: bool) -> None:
@@ -202,10 +204,10 @@ def _check_typ(typ: str | None, require_typ: bool) -> None:
     if typ is not None:
         explicit_or_none = _TYP_VALUES.get(typ.lower())
         if explicit_or_none is None:
-            raise InvalidClient("bad_typ", repr(typ)[:80])
+            raise InvalidClient(Reason.BAD_TYP, repr(typ)[:80])
         explicit = explicit_or_none
     if require_typ and not explicit:
-        raise InvalidClient("missing_typ", f"typ must be {ASSERTION_TYP}")
+        raise InvalidClient(Reason.MISSING_TYP, f"typ must be {ASSERTION_TYP}")
 
 
 def _verify_signature(
@@ -219,7 +221,7 @@ def _verify_signature(
             valid = False
         if valid:
             return key
-    raise KeyMiss("bad_signature", f"{len(candidates)} key(s) tried")
+    raise KeyMiss(Reason.BAD_SIGNATURE, f"{len(candidates)} key(s) tried")
 
 
 def _check_claims(
@@ -227,28 +229,28 @@ def _check_claims(
 ) -> tuple[str, float]:
     client_id = policy.client_id
     if claims.get("iss") != client_id:
-        raise InvalidClient("bad_issuer", repr(claims.get("iss"))[:80])
+        raise InvalidClient(Reason.BAD_ISSUER, repr(claims.get("iss"))[:80])
     if claims.get("sub") != client_id:
-        raise InvalidClient("bad_subject", repr(claims.get("sub"))[:80])
+        raise InvalidClient(Reason.BAD_SUBJECT, repr(claims.get("sub"))[:80])
     _check_audience(claims.get("aud"), policy.audiences)
     if "exp" not in claims:
-        raise InvalidClient("missing_exp")
+        raise InvalidClient(Reason.MISSING_EXP)
     exp = _numeric_date(claims, "exp")
     iat = _numeric_date(claims, "iat") if "iat" in claims else None
     nbf = _numeric_date(claims, "nbf") if "nbf" in claims else None
     # An empty or inverted window is no assertion at all, however the skew would treat it.
     if (iat is not None and exp <= iat) or (nbf is not None and nbf >= exp):
-        raise InvalidClient("bad_time_window", f"iat {iat} nbf {nbf} exp {exp}")
+        raise InvalidClient(Reason.BAD_TIME_WINDOW, f"iat {iat} nbf {nbf} exp {exp}")
     skew = policy.clock_skew
     if exp + skew <= now:
-        raise InvalidClient("expired", f"exp {exp} now {now}")
+        raise InvalidClient(Reason.EXPIRED, f"exp {exp} now {now}")
     if iat is not None and iat > now + skew:
-        raise InvalidClient("issued_in_future", f"iat {iat} now {now}")
+        raise InvalidClient(Reason.ISSUED_IN_FUTURE, f"iat {iat} now {now}")
     if nbf is not None and nbf > now + skew:
-        raise InvalidClient("not_yet_valid", f"nbf {nbf} now {now}")
+        raise InvalidClient(Reason.NOT_YET_VALID, f"nbf {nbf} now {now}")
     lifetime = exp - (now if iat is None else iat)
     if lifetime > policy.max_lifetime:
-        raise InvalidClient("lifetime_too_long", f"{lifetime:.0f}s")
+        raise InvalidClient(Reason.LIFETIME_TOO_LONG, f"{lifetime:.0f}s")
     return _check_jti(claims), float(exp)
 
 
@@ -256,10 +258,10 @@ def _check_audience(aud: object, audiences: frozenset[str]) -> None:
     # One audience only: a token valid at several servers is one any of them can replay here.
     if type(aud) is list:
         if len(aud) != 1:
-            raise InvalidClient("bad_audience", f"{len(aud)} audiences")
+            raise InvalidClient(Reason.BAD_AUDIENCE, f"{len(aud)} audiences")
         aud = aud[0]
     if type(aud) is not str or aud not in audiences:
-        raise InvalidClient("bad_audience", repr(aud)[:120])
+        raise InvalidClient(Reason.BAD_AUDIENCE, repr(aud)[:120])
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
@@ -267,18 +269,18 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
     kind = type(value)  # bool is an int subclass: compare types exactly
     # The range check also refuses NaN and infinities (every comparison with NaN is false).
     if (kind is not int and kind is not float) or not 0 <= value <= MAX_NUMERIC_DATE:
-        raise InvalidClient("bad_claims", f"{name} is not a NumericDate")
+        raise InvalidClient(Reason.BAD_CLAIMS, f"{name} is not a NumericDate")
     return value  # type: ignore[no-any-return]
 
 
 def _check_jti(claims: Mapping[str, Any]) -> str:
     if "jti" not in claims:
-        raise InvalidClient("missing_jti")
+        raise InvalidClient(Reason.MISSING_JTI)
     jti = claims["jti"]
     if type(jti) is not str or not 1 <= len(jti) <= MAX_JTI_LENGTH:
-        raise InvalidClient("bad_jti", "not a string of 1 to 256 characters")
+        raise InvalidClient(Reason.BAD_JTI, "not a string of 1 to 256 characters")
     try:
         jti.encode("utf-8")  # a lone surrogate would break every store and log downstream
     except UnicodeEncodeError as exc:
-        raise InvalidClient("bad_jti", "not encodable as UTF-8") from exc
+        raise InvalidClient(Reason.BAD_JTI, "not encodable as UTF-8") from exc
     return jti

@@ -30,6 +30,7 @@ from gateway.core.errors import (
 )
 from gateway.core.form import TokenForm, parse_form
 from gateway.core.legacy import identify_secret_client
+from gateway.core.reasons import Reason
 from gateway.core.replay import ReplayLedger
 
 
@@ -81,8 +82,8 @@ class Approval:
     legacy: LegacyPolicy | None = None  # set when a shared secret was let through
 
     @property
-    def reason(self) -> str:
-        return "ok" if self.legacy is None else "legacy_secret"
+    def reason(self) -> Reason:
+        return Reason.OK if self.legacy is None else Reason.LEGACY_SECRET
 
 
 class Authenticator:
@@ -111,7 +112,7 @@ class Authenticator:
             retry_after = self.brakes.per_address.retry_after(request.remote,
                                                               self.clock.monotonic())
             if retry_after is not None:
-                raise TooManyRequests("too_many_failures", retry_after, "from this address")
+                raise TooManyRequests(Reason.TOO_MANY_FAILURES, retry_after, "from this address")
             try:
                 form = parse_form(request.body, content_type=request.content_type,
                                   has_authorization=request.authorization is not None,
@@ -159,16 +160,16 @@ class Authenticator:
     ) -> ClientRuntime:
         """The client the request names (client_id, else the assertion's sub), if not braked."""
         if form.client_id is not None and parsed.subject != form.client_id:
-            raise InvalidRequest("client_id_mismatch")
+            raise InvalidRequest(Reason.CLIENT_ID_MISMATCH)
         claimed = form.client_id if form.client_id is not None else parsed.subject
         client = clients.get(claimed) if claimed is not None else None
         if client is None:
-            raise InvalidClient("unknown_client", untrusted(claimed) or "")
+            raise InvalidClient(Reason.UNKNOWN_CLIENT, untrusted(claimed) or "")
         attempt.client = client.client_id
         # Checked before any signature is: a flood of bad assertions for one client costs little.
         retry_after = self.brakes.per_client.retry_after(client.client_id, self.clock.monotonic())
         if retry_after is not None:
-            raise TooManyRequests("too_many_failures", retry_after, "for this client")
+            raise TooManyRequests(Reason.TOO_MANY_FAILURES, retry_after, "for this client")
         return client
 
     async def _record(
@@ -188,7 +189,7 @@ class Authenticator:
         attempt.replay = ReplayCheck(ledger.name, "fresh" if fresh else "replayed",
                                      clock.monotonic() - started)
         if not fresh:
-            raise InvalidClient("replayed")
+            raise InvalidClient(Reason.REPLAYED)
 
     def _admit_secret(
         self, request: TokenRequest, clients: Mapping[str, ClientRuntime], attempt: Attempt,
@@ -208,5 +209,5 @@ class Authenticator:
             raise refusal
         attempt.client = client.client_id
         if legacy.deadline is not None and self.clock.time() >= legacy.deadline:
-            raise InvalidClient("legacy_auth_expired", f"{claim.method} after its sunset")
+            raise InvalidClient(Reason.LEGACY_AUTH_EXPIRED, f"{claim.method} after its sunset")
         return Approval(client=client, attempt=attempt, form=None, legacy=legacy)

@@ -19,6 +19,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.core.errors import InvalidClient
+from gateway.core.reasons import Reason
 
 MAX_X5C_CERTIFICATES = 10
 MAX_X5C_CHARS = 10 * 1024  # all certificates together; a token is at most 16 KiB anyway
@@ -38,13 +39,14 @@ def check_x5c_shape(value: object) -> None:
     Raises InvalidClient ``bad_header`` for anything else.
     """
     if type(value) is not list or not 1 <= len(value) <= MAX_X5C_CERTIFICATES:
-        raise InvalidClient("bad_header", f"x5c is not an array of 1 to {MAX_X5C_CERTIFICATES}")
+        raise InvalidClient(Reason.BAD_HEADER,
+                            f"x5c is not an array of 1 to {MAX_X5C_CERTIFICATES}")
     if any(type(item) is not str for item in value):
-        raise InvalidClient("bad_header", "x5c holds a value that is not a string")
+        raise InvalidClient(Reason.BAD_HEADER, "x5c holds a value that is not a string")
     if sum(len(item) for item in value) > MAX_X5C_CHARS:
-        raise InvalidClient("bad_header", f"x5c longer than {MAX_X5C_CHARS} characters")
+        raise InvalidClient(Reason.BAD_HEADER, f"x5c longer than {MAX_X5C_CHARS} characters")
     if not all(_BASE64_WITH_LINE_BREAKS.fullmatch(item) for item in value):
-        raise InvalidClient("bad_header", "x5c holds a value that is not base64")
+        raise InvalidClient(Reason.BAD_HEADER, "x5c holds a value that is not base64")
 
 
 def check_certificate_binding(x5c: list[str], verifying_key: Any) -> None:
@@ -55,11 +57,11 @@ def check_certificate_binding(x5c: list[str], verifying_key: Any) -> None:
     """
     certified = _certified_key(x5c[0])
     if certified is None:
-        raise InvalidClient("bad_header", "x5c[0] is not a certificate")
+        raise InvalidClient(Reason.BAD_HEADER, "x5c[0] is not a certificate")
     verifying = verifying_key.public_key.public_bytes(
         Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     if certified != verifying:
-        raise InvalidClient("certificate_key_mismatch", "x5c[0] certifies another key")
+        raise InvalidClient(Reason.CERTIFICATE_KEY_MISMATCH, "x5c[0] certifies another key")
 
 
 @functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)

@@ -21,6 +21,7 @@ from gateway.core.assertion import (
 )
 from gateway.core.errors import KeyMiss, TemporarilyUnavailable
 from gateway.core.keysource import KeySource
+from gateway.core.reasons import Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ class RegisteredKeys:
     def verify(self, parsed: ParsedAssertion, endpoint: str, now: float) -> VerifiedAssertion:
         keys = self.source.current()
         if keys is None:
-            raise TemporarilyUnavailable("keys_unavailable")
+            raise TemporarilyUnavailable(Reason.KEYS_UNAVAILABLE)
         return verify_assertion(parsed, keys, self.policies[endpoint], now)
 
     async def verify_after_refresh(

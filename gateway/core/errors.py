@@ -15,7 +15,7 @@
     └── ServerError                   server_error      500  anything unexpected (opaque)
 
 The public ``description`` is fixed per class, so a caller cannot tell which
-check failed; ``reason`` (a short machine word, bounded set) goes to logs and the
+check failed; ``reason`` (a ``Reason``: a closed set of machine words) goes to logs and the
 metric label, ``detail`` (free text) to logs only. Foreign exceptions are
 translated where they are caught, with ``raise ... from exc``. The subclasses
 steer the callers (close the connection, refetch keys, try migration mode) without
@@ -26,6 +26,8 @@ it refused, for the audit line and the metrics.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
+
+from gateway.core.reasons import Reason
 
 if TYPE_CHECKING:
     from gateway.core.attempt import Attempt
@@ -38,9 +40,10 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     description: ClassVar[str] = "The server encountered an unexpected condition."
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        # Reason() refuses a word outside the enumeration, even from untyped callers.
+        self.reason = Reason(reason)
+        super().__init__(f"{self.reason}: {detail}" if detail else str(self.reason))
         self.detail = detail
         self.attempt: Attempt | None = None
 
@@ -82,7 +85,7 @@ class TooManyRequests(GatewayError):
     status = 429
     description = "Too many failed attempts; retry later."
 
-    def __init__(self, reason: str, retry_after: float, detail: str = "") -> None:
+    def __init__(self, reason: Reason, retry_after: float, detail: str = "") -> None:
         super().__init__(reason, detail)
         self.retry_after = retry_after
 

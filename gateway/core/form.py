@@ -12,6 +12,7 @@ from gateway.core.errors import (
     UnsupportedAuthMethod,
     UntrustedFraming,
 )
+from gateway.core.reasons import Reason
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
@@ -56,7 +57,7 @@ def parse_form(
     """
     check_content_type(content_type)
     if len(body) > max_body:
-        raise UntrustedFraming("body_too_large", f"{len(body)} bytes")
+        raise UntrustedFraming(Reason.BODY_TOO_LARGE, f"{len(body)} bytes")
     if query_string:
         _check_query(query_string)
     fields = parse_urlencoded(body)
@@ -64,19 +65,19 @@ def parse_form(
     secret = "client_secret" in fields
     mechanisms = int(has_authorization) + int(secret) + int(assertion is not None)
     if mechanisms > 1:
-        raise InvalidRequest("multiple_auth_methods")
+        raise InvalidRequest(Reason.MULTIPLE_AUTH_METHODS)
     if assertion is None:
         if has_authorization or secret:
-            raise UnsupportedAuthMethod("unsupported_auth_method",
+            raise UnsupportedAuthMethod(Reason.UNSUPPORTED_AUTH_METHOD,
                                 "authorization header" if has_authorization else "client_secret")
         if "client_assertion_type" in fields:
-            raise InvalidRequest("empty_assertion")
-        raise InvalidClient("no_client_auth")
+            raise InvalidRequest(Reason.EMPTY_ASSERTION)
+        raise InvalidClient(Reason.NO_CLIENT_AUTH)
     assertion_type = fields.get("client_assertion_type")
     if assertion_type is None:
-        raise InvalidRequest("missing_assertion_type")
+        raise InvalidRequest(Reason.MISSING_ASSERTION_TYPE)
     if assertion_type != ASSERTION_TYPE:
-        raise InvalidRequest("bad_assertion_type", repr(assertion_type)[:120])
+        raise InvalidRequest(Reason.BAD_ASSERTION_TYPE, repr(assertion_type)[:120])
     return TokenForm(
         params=tuple((name, value) for name, value in fields.items() if name not in _ENVELOPE),
         client_id=fields.get("client_id"),
@@ -92,10 +93,10 @@ def check_content_type(content_type: str | None) -> None:
     if content_type == FORM_MEDIA_TYPE:
         return
     if content_type is None:
-        raise InvalidRequest("bad_content_type", "no Content-Type")
+        raise InvalidRequest(Reason.BAD_CONTENT_TYPE, "no Content-Type")
     media_type, _, parameters = content_type.partition(";")
     if media_type.strip().lower() != FORM_MEDIA_TYPE:
-        raise InvalidRequest("bad_content_type", repr(content_type)[:120])
+        raise InvalidRequest(Reason.BAD_CONTENT_TYPE, repr(content_type)[:120])
     charsets = 0
     for parameter in parameters.split(";"):
         if not parameter.strip():
@@ -105,10 +106,10 @@ def check_content_type(content_type: str | None) -> None:
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]
         if name.strip().lower() != "charset" or value.lower() not in FORM_CHARSETS:
-            raise InvalidRequest("bad_content_type", repr(content_type)[:120])
+            raise InvalidRequest(Reason.BAD_CONTENT_TYPE, repr(content_type)[:120])
         charsets += 1
     if charsets > 1:
-        raise InvalidRequest("bad_content_type", "charset given twice")
+        raise InvalidRequest(Reason.BAD_CONTENT_TYPE, "charset given twice")
 
 
 def parse_urlencoded(body: bytes) -> dict[str, str]:
@@ -121,13 +122,13 @@ def parse_urlencoded(body: bytes) -> dict[str, str]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidRequest("bad_encoding", "body is not UTF-8") from exc
+        raise InvalidRequest(Reason.BAD_ENCODING, "body is not UTF-8") from exc
     fields: dict[str, str] = {}
     if not text:
         return fields
     pieces = text.split("&")
     if len(pieces) > MAX_PARAMETERS:
-        raise InvalidRequest("too_many_parameters", f"{len(pieces)} fields")
+        raise InvalidRequest(Reason.TOO_MANY_PARAMETERS, f"{len(pieces)} fields")
     seen: set[str] = set()
     for piece in pieces:
         if not piece:
@@ -135,9 +136,9 @@ def parse_urlencoded(body: bytes) -> dict[str, str]:
         raw_name, _, raw_value = piece.partition("=")
         name = _unescape(raw_name)
         if not name:
-            raise InvalidRequest("bad_encoding", "a parameter without a name")
+            raise InvalidRequest(Reason.BAD_ENCODING, "a parameter without a name")
         if name in seen:
-            raise InvalidRequest("duplicate_parameter", repr(name)[:60])
+            raise InvalidRequest(Reason.DUPLICATE_PARAMETER, repr(name)[:60])
         seen.add(name)
         value = _unescape(raw_value)
         if value:
@@ -155,11 +156,11 @@ def _unescape(text: str) -> str:
     if "%" not in text:
         return text
     if _BAD_ESCAPE.search(text):
-        raise InvalidRequest("bad_encoding", "bad percent escape")
+        raise InvalidRequest(Reason.BAD_ENCODING, "bad percent escape")
     try:
         return unquote(text, errors="strict")
     except UnicodeDecodeError as exc:
-        raise InvalidRequest("bad_encoding", "percent escapes are not UTF-8") from exc
+        raise InvalidRequest(Reason.BAD_ENCODING, "percent escapes are not UTF-8") from exc
 
 
 def _check_query(query_string: str) -> None:
@@ -168,4 +169,4 @@ def _check_query(query_string: str) -> None:
         if "%" in name or "+" in name:
             name = unquote_plus(name, errors="replace")
         if name in QUERY_FORBIDDEN:
-            raise InvalidRequest("credentials_in_query", name)
+            raise InvalidRequest(Reason.CREDENTIALS_IN_QUERY, name)

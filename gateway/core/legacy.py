@@ -10,6 +10,7 @@ from urllib.parse import unquote_plus
 
 from gateway.core.errors import InvalidClient, InvalidRequest, UnsupportedAuthMethod
 from gateway.core.form import parse_urlencoded
+from gateway.core.reasons import Reason
 
 SecretMethod = Literal["client_secret_basic", "client_secret_post"]
 
@@ -33,20 +34,20 @@ def identify_secret_client(body: bytes, authorization: str | None) -> SecretClai
     if authorization is None:
         client_id = fields.get("client_id")
         if not client_id:
-            raise InvalidClient("unknown_client", "client_secret without client_id")
+            raise InvalidClient(Reason.UNKNOWN_CLIENT, "client_secret without client_id")
         return SecretClaim(client_id, "client_secret_post")
     scheme, _, credentials = authorization.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise UnsupportedAuthMethod("unsupported_auth_method", "authorization scheme")
+        raise UnsupportedAuthMethod(Reason.UNSUPPORTED_AUTH_METHOD, "authorization scheme")
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidClient("unknown_client", "unreadable Basic credentials") from exc
+        raise InvalidClient(Reason.UNKNOWN_CLIENT, "unreadable Basic credentials") from exc
     raw_id, colon, _ = decoded.partition(":")
     if not colon or not raw_id:
-        raise InvalidClient("unknown_client", "Basic credentials without a client id")
+        raise InvalidClient(Reason.UNKNOWN_CLIENT, "Basic credentials without a client id")
     # RFC 6749 §2.3.1: the id was form-urlencoded before base64.
     client_id = unquote_plus(raw_id)
     if fields.get("client_id", client_id) != client_id:
-        raise InvalidRequest("client_id_mismatch")
+        raise InvalidRequest(Reason.CLIENT_ID_MISMATCH)
     return SecretClaim(client_id, "client_secret_basic")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gateway.core.errors import TemporarilyUnavailable
+from gateway.core.reasons import Reason
 
 
 def ledger_key(client_id: str, jti: str) -> bytes:
@@ -119,7 +120,8 @@ class MemoryReplayLedger:
         if self._keys.live(key, now):
             return fingerprint is not None and self._fingerprints.get(key) == fingerprint
         if len(self._keys) >= self._max_entries:
-            raise TemporarilyUnavailable("replay_store_full", f"{self._max_entries} live entries")
+            raise TemporarilyUnavailable(Reason.REPLAY_STORE_FULL,
+                                         f"{self._max_entries} live entries")
         self._keys.add(key, expires_at)
         if fingerprint is not None:
             self._fingerprints[key] = fingerprint

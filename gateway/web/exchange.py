@@ -17,6 +17,7 @@ from gateway.core.errors import (
     TooManyRequests,
     UntrustedFraming,
 )
+from gateway.core.reasons import Reason
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -51,19 +52,19 @@ async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
         async with asyncio.timeout(deadline):
             return await _read_body(request, limit)
     except TimeoutError as exc:  # a client trickling its body holds a connection for free
-        raise UntrustedFraming("body_timeout", f"not sent within {deadline:g}s") from exc
+        raise UntrustedFraming(Reason.BODY_TIMEOUT, f"not sent within {deadline:g}s") from exc
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
-        raise UntrustedFraming("body_too_large", f"content-length {length}")
+        raise UntrustedFraming(Reason.BODY_TOO_LARGE, f"content-length {length}")
     if length is not None:
         # The parser delivers exactly Content-Length bytes: one read, no limit loop.
         try:
             return await request.content.readexactly(length) if length else b""
         except asyncio.IncompleteReadError as exc:
-            raise UntrustedFraming("incomplete_body", "the client stopped sending") from exc
+            raise UntrustedFraming(Reason.INCOMPLETE_BODY, "the client stopped sending") from exc
     body = await request.content.read(limit + 1)
     while len(body) <= limit and not request.content.at_eof():
         chunk = await request.content.read(limit + 1 - len(body))
@@ -71,5 +72,5 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             break
         body += chunk
     if len(body) > limit:
-        raise UntrustedFraming("body_too_large", "body exceeds the limit")
+        raise UntrustedFraming(Reason.BODY_TOO_LARGE, "body exceeds the limit")
     return body

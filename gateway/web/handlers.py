@@ -22,6 +22,7 @@ from gateway.core.errors import (
     UntrustedFraming,
 )
 from gateway.core.form import FORM_MEDIA_TYPE
+from gateway.core.reasons import Reason
 from gateway.web.exchange import error_response, read_body, request_id_of
 from gateway.web.state import AUDIT, AUTHENTICATOR, GUARDS, METRICS, RUNTIME, UPSTREAM
 
@@ -49,7 +50,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     guards = request.app[GUARDS]
     if guards.in_flight >= guards.limits.max_in_flight:
         # Shed load before reading anything: every admitted request keeps its latency.
-        return error_response(TemporarilyUnavailable("overloaded"), request_id=request_id,
+        return error_response(TemporarilyUnavailable(Reason.OVERLOADED), request_id=request_id,
                               basic_challenge=False)
     in_flight = request.app[METRICS].in_flight
     in_flight.inc()
@@ -60,7 +61,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             return await handle_endpoint(request, runtime, path, request_id)
         if path in runtime.passthrough:
             return await handle_passthrough(request, path, request_id)
-        raise NotFound("no_route")
+        raise NotFound(Reason.NO_ROUTE)
     except GatewayError as error:
         response = error_response(error, request_id=request_id, basic_challenge=basic)
         if isinstance(error, UntrustedFraming):
@@ -69,7 +70,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return response
     except Exception:
         log.exception("unexpected error (request_id=%s)", request_id)
-        return error_response(ServerError("unexpected"), request_id=request_id,
+        return error_response(ServerError(Reason.UNEXPECTED), request_id=request_id,
                               basic_challenge=False)
     finally:
         in_flight.dec()
@@ -81,7 +82,7 @@ def _check_framing(request: web.Request) -> None:
     intermediary that applies it would see another body than the one we authenticate."""
     codings = request.headers.getall("Transfer-Encoding", ())
     if codings and [c.strip().lower() for c in codings] != ["chunked"]:
-        raise UntrustedFraming("bad_transfer_encoding", untrusted(", ".join(codings)) or "")
+        raise UntrustedFraming(Reason.BAD_TRANSFER_ENCODING, untrusted(", ".join(codings)) or "")
 
 
 async def handle_endpoint(
@@ -127,7 +128,7 @@ def _account(
     else:
         # None: something unexpected escaped, answered with an opaque 500.
         result = "rejected"
-        reason = outcome.reason if outcome is not None else "unexpected"
+        reason = outcome.reason if outcome is not None else Reason.UNEXPECTED
         attempt = outcome.attempt if outcome is not None else None
     metrics = request.app[METRICS]
     record = AuditRecord(request_id=request_id, endpoint=path, result=result, reason=reason,
@@ -148,10 +149,10 @@ def _account(
 
 async def _read_token_request(request: web.Request) -> bytes:
     if request.method != "POST":
-        raise MethodNotAllowed("method_not_allowed", untrusted(request.method) or "")
+        raise MethodNotAllowed(Reason.METHOD_NOT_ALLOWED, untrusted(request.method) or "")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding != "identity":
-        raise UntrustedFraming("content_encoding", untrusted(encoding) or "")
+        raise UntrustedFraming(Reason.CONTENT_ENCODING, untrusted(encoding) or "")
     limits = request.app[GUARDS].limits
     return await read_body(request, limits.max_body_bytes, limits.body_timeout)
 

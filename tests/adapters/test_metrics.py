@@ -52,7 +52,9 @@ async def test_scripted_traffic_gives_exact_increments(
     good = signer.sign(head, claims())
     assert (await gw.post(gw.form(good)))[0] == 200
     assert (await gw.post(gw.form(good)))[0] == 401  # replay
-    assert (await gw.post(gw.form(signer.sign(head, claims(exp=int(time.time()) - 60)))))[0] == 401
+    past = int(time.time())
+    expired = signer.sign(head, claims(iat=past - 120, exp=past - 60))
+    assert (await gw.post(gw.form(expired)))[0] == 401
     assert (await gw.post(gw.form(signer.sign(head, claims(aud="https://x.test")))))[0] == 401
     impostor = make_signer("ES256", kid=signer.kid, slot=1)
     assert (await gw.post(gw.form(impostor.sign(head, claims()))))[0] == 401
