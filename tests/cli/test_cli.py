@@ -151,14 +151,14 @@ def test_check_reports_key_problems_at_their_paths(tmp_path: Path) -> None:
     assert secret not in result.stdout + result.stderr
 
 
-def test_keys_lists_usable_keys_and_names_the_refused_ones(tmp_path: Path) -> None:
+def test_keys_refuses_a_configured_set_with_private_material(tmp_path: Path) -> None:
     config, secret = _config_with_a_private_key(tmp_path)
     result = run("keys", "--config", str(config))
-    assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    assert lines[0] == "c: jwks_file, 1 key(s)"
-    assert "clients.c.jwks_file.keys[1]: holds private key material (d)" in lines[1]
-    assert "kid=es256-0" in lines[2] and secret not in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "error: clients.c.jwks_file.keys[1]: holds private key material (d): "
+        "publish the public key only"]
+    assert secret not in result.stdout + result.stderr
 
 
 async def test_sighup_reloads_a_running_server(backend: Backend, tmp_path: Path) -> None:
