@@ -97,6 +97,7 @@ class Running:
         return [json.loads(line) for line in self.audit.getvalue().splitlines()]
 
     def metric(self, name: str, **labels: str) -> float:
+        self.gateway.metrics.flush()  # as a scrape of /metrics does
         value = self.gateway.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import __version__
+from gateway.adapters.tally import RequestTally
 
 # Verification takes tens to hundreds of µs; the default buckets start at 5 ms.
 VERIFICATION_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.001, 0.002, 0.005, 0.01,
@@ -20,6 +22,9 @@ BACKEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 UNKNOWN_CLIENT = "unknown"
 # Where worker processes keep their metric files (prometheus-client multiprocess mode).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds between flushes of the request path's counts: how stale a worker's share of a
+# multiprocess scrape may be (a single process flushes before every scrape as well).
+FLUSH_INTERVAL = 1.0
 FETCH_SUCCESS = frozenset({"ok", "not_modified"})
 
 
@@ -75,12 +80,15 @@ class GatewayMetrics:
         # labels() validates and locks on every call; the label sets are bounded, so the
         # children are looked up once and kept.
         self._children: dict[tuple[object, ...], Any] = {}
+        self.tally = RequestTally()
+        # Requests being handled now, read at each flush (the shell sets it).
+        self.in_flight_source: Callable[[], int] | None = None
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, *labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            child = self._children[key] = metric.labels(*labels) if labels else metric
         return child
 
     def count_fetch(self, client: str, result: str) -> None:
@@ -88,16 +96,33 @@ class GatewayMetrics:
         if result in FETCH_SUCCESS:
             self._child(self.jwks_last_success, client).set(time.time())
 
+    # The request path: plain counts in the tally, moved into the metrics by flush().
+
     def count_auth(self, client: str, endpoint: str, result: str, reason: str,
                    method: str = "private_key_jwt") -> None:
-        self._child(self.client_auth, client, endpoint, result, reason, method).inc()
+        self.tally.count((self.client_auth, client, endpoint, result, reason, method))
+
+    def observe_verification(self, seconds: float) -> None:
+        self.tally.observe((self.verification_seconds,), VERIFICATION_BUCKETS, seconds)
 
     def count_replay_check(self, store: str, result: str, seconds: float) -> None:
         """One ledger check: ``result`` is fresh, replayed or error."""
-        self._child(self.replay_checks, store, result).inc()
-        self._child(self.replay_check_seconds, store).observe(seconds)
+        tally = self.tally
+        tally.count((self.replay_checks, store, result))
+        tally.observe((self.replay_check_seconds, store), REPLAY_CHECK_BUCKETS, seconds)
 
     def observe_backend(self, endpoint: str, outcome: str, seconds: float) -> None:
         """One backend exchange: ``outcome`` is a status class or ``error``."""
-        self._child(self.backend_requests, endpoint, outcome).inc()
-        self._child(self.backend_seconds, endpoint).observe(seconds)
+        tally = self.tally
+        tally.count((self.backend_requests, endpoint, outcome))
+        tally.observe((self.backend_seconds, endpoint), BACKEND_BUCKETS, seconds)
+
+    def flush(self) -> None:
+        """Hand what the request path counted to prometheus_client (and the in-flight gauge)."""
+        counts, histograms = self.tally.drain()
+        for (metric, *labels), count in counts.items():
+            self._child(metric, *labels).inc(count)
+        for (metric, *labels), buckets in histograms.items():
+            buckets.drain_into(self._child(metric, *labels))
+        if self.in_flight_source is not None:
+            self.in_flight.set(self.in_flight_source())

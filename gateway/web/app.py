@@ -29,7 +29,7 @@ from gateway.adapters.assemble import (
 )
 from gateway.adapters.audit import AuditLog
 from gateway.adapters.jwks_fetch import new_jwks_session
-from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
+from gateway.adapters.metrics import FLUSH_INTERVAL, MULTIPROC_ENV, GatewayMetrics
 from gateway.adapters.upstream import new_upstream
 from gateway.config.errors import ConfigError
 from gateway.config.settings import JwksFetchSettings, Settings, load_settings
@@ -98,7 +98,8 @@ class Gateway:
             "auto_decompress": False, "max_line_size": limits.max_line_size,
             "max_field_size": limits.max_header_size, "max_headers": limits.max_headers,
             "keepalive_timeout": limits.keepalive_timeout})
-        app[GUARDS] = Guards(limits)
+        app[GUARDS] = guards = Guards(limits)
+        self.metrics.in_flight_source = lambda: guards.in_flight
         app[AUTHENTICATOR] = new_authenticator(limits, self.ledger)
         app[RUNTIME] = self.slot
         app[LEDGER] = self.ledger
@@ -123,9 +124,25 @@ class Gateway:
             yield
             await self.ledger.close()
 
-        app.cleanup_ctx.extend([backend_pool, key_sources, ledger_lifecycle])
+        async def metrics_flush(_: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(self._flush_metrics(), name="metrics-flush")
+            yield
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self.metrics.flush()  # what the last requests counted
+
+        app.cleanup_ctx.extend([backend_pool, key_sources, ledger_lifecycle, metrics_flush])
         app.router.add_route("*", "/{tail:.*}", dispatch)
         return app
+
+    async def _flush_metrics(self) -> None:
+        """Move the request path's counts into the metrics every FLUSH_INTERVAL seconds."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                self.metrics.flush()
+            except Exception:  # metrics must never stop the gateway
+                log.exception("flushing metrics failed")
 
     def _hooks(self, session: aiohttp.ClientSession) -> RemoteKeys:
         metrics = self.metrics
@@ -254,5 +271,11 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_post("/reload", reload)
-    admin.router.add_get("/metrics", make_aiohttp_handler(exposition_registry(gateway.metrics)))
+    exposition = make_aiohttp_handler(exposition_registry(gateway.metrics))
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        gateway.metrics.flush()  # this process's share is exact at every scrape
+        return await exposition(request)
+
+    admin.router.add_get("/metrics", metrics)
     return admin

@@ -21,7 +21,6 @@ from gateway.core.errors import (
     TemporarilyUnavailable,
     UntrustedFraming,
 )
-from gateway.core.form import FORM_MEDIA_TYPE
 from gateway.core.reasons import Reason
 from gateway.web.exchange import error_response, read_body, request_id_of
 from gateway.web.state import AUDIT, AUTHENTICATOR, GUARDS, METRICS, RUNTIME, UPSTREAM
@@ -52,9 +51,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         # Shed load before reading anything: every admitted request keeps its latency.
         return error_response(TemporarilyUnavailable(Reason.OVERLOADED), request_id=request_id,
                               basic_challenge=False)
-    in_flight = request.app[METRICS].in_flight
-    in_flight.inc()
-    guards.in_flight += 1
+    guards.in_flight += 1  # the gauge reads it at each metrics flush
     try:
         _check_framing(request)
         if path in runtime.endpoints:
@@ -73,7 +70,6 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return error_response(ServerError(Reason.UNEXPECTED), request_id=request_id,
                               basic_challenge=False)
     finally:
-        in_flight.dec()
         guards.in_flight -= 1
 
 
@@ -137,7 +133,7 @@ def _account(
     if attempt is not None:
         record.fill(attempt)
         if attempt.verification_seconds is not None:
-            metrics.verification_seconds.observe(attempt.verification_seconds)
+            metrics.observe_verification(attempt.verification_seconds)
         if attempt.replay is not None:
             metrics.count_replay_check(attempt.replay.store, attempt.replay.result,
                                        attempt.replay.seconds)
@@ -175,9 +171,7 @@ async def _forward_approved(
         return response, status
     backend = approval.client.backend
     headers = forwarded_request_headers(request, skip=_ENDPOINT_SKIP, request_id=request_id)
-    headers.append(("Content-Type", FORM_MEDIA_TYPE))
-    if backend.authorization is not None:
-        headers.append(("Authorization", backend.authorization))
+    headers += backend.forward_headers
     return await _forward(request, path, headers, backend.body(approval.form.params),
                           request_id)
 
