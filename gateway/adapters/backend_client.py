@@ -20,6 +20,7 @@ _HOST = re.compile(r"[A-Za-z0-9.\-_:%]+")
 # RFC 9110 §8.6: GET and HEAD give no meaning to content, so an empty one gets no Content-Length.
 _BODYLESS_METHODS = frozenset({"GET", "HEAD"})
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
+_TIMER_SLACK = 0.001  # seconds: loop timers run when due within the clock's resolution
 
 
 class BackendUnavailable(Exception):
@@ -77,9 +78,9 @@ class BackendReply:
 class _Connection(asyncio.Protocol):
     """One connection: its parser and the one exchange in flight on it."""
 
-    __slots__ = ("body", "client", "closed", "done", "head", "headers", "headers_done",
-                 "idle_since", "loop", "parser", "reason", "received", "reusable", "status",
-                 "timer", "transport", "waiter")
+    __slots__ = ("body", "client", "closed", "deadline", "done", "head", "headers",
+                 "headers_done", "idle_since", "loop", "parser", "reason", "received",
+                 "reusable", "status", "transport", "waiter")
 
     def __init__(self, client: BackendClient, loop: asyncio.AbstractEventLoop) -> None:
         self.client, self.loop = client, loop
@@ -88,7 +89,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.waiter: asyncio.Future[BackendReply] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time by which the exchange in flight must be answered
         self.head = self.headers_done = self.reusable = False
         self.received = self.status = 0
         self.reason = b""
@@ -98,8 +99,9 @@ class _Connection(asyncio.Protocol):
 
     def exchange(self, data: bytes, head: bool, deadline: float) -> asyncio.Future[BackendReply]:
         self.waiter = waiter = self.loop.create_future()
-        # One timer handle per request: cheaper than asyncio.timeout and its task cancellation.
-        self.timer = self.loop.call_at(deadline, self.time_out)
+        # No timer per request: the client's one sweeper fails exchanges past their deadline.
+        self.deadline = deadline
+        self.client._watch_deadline(deadline)
         self.head, self.received, self.done, self.reusable = head, 0, None, True
         try:
             cast(asyncio.Transport, self.transport).write(data)
@@ -125,15 +127,12 @@ class _Connection(asyncio.Protocol):
 
     def fail(self, exc: BackendUnavailable) -> None:
         waiter, self.waiter = self.waiter, None
-        if self.timer is not None:
-            self.timer.cancel()
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
         self.abort()
 
     def finish(self, reply: BackendReply) -> None:
         waiter, self.waiter = self.waiter, None
-        cast(asyncio.TimerHandle, self.timer).cancel()
         if self.head:
             # llhttp cannot be told a reply answers HEAD; it waits for the announced body.
             self.parser = httptools.HttpResponseParser(self)
@@ -259,6 +258,7 @@ class BackendClient:
         self._open = 0  # connections open or being opened: each holds one of max_connections
         self._closed = False
         self._gone: asyncio.Future[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None  # set while an exchange is in flight
 
     async def request(self, method: str, path_qs: str, headers: Sequence[tuple[str, str]],
                       body: bytes) -> BackendReply:
@@ -286,6 +286,9 @@ class BackendClient:
     async def close(self) -> None:
         """Close every connection, idle or busy; requests in flight fail with BackendUnavailable."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._idle.clear()
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -394,6 +397,36 @@ class BackendClient:
             idle.append(conn)
             if now - idle[0].idle_since >= self._keepalive:  # sweep the coldest, one per call
                 idle.pop(0).abort()
+
+    def _watch_deadline(self, deadline: float) -> None:
+        """Make sure an exchange due by ``deadline`` is failed if it is still waiting then.
+
+        Every request has the same budget, so a new deadline is rarely earlier than those
+        already in flight (only after a wait for a pooled connection): one timer at the
+        earliest one serves them all.
+        """
+        sweeper, loop = self._sweeper, self._loop
+        if loop is None or (sweeper is not None and sweeper.when() <= deadline):
+            return
+        if sweeper is not None:
+            sweeper.cancel()
+        self._sweeper = loop.call_at(deadline, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail every exchange past its deadline; wait for the next one still in flight."""
+        self._sweeper = None
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        now = loop.time() + _TIMER_SLACK  # timers may fire a clock tick early
+        earliest: float | None = None
+        for conn in list(self._conns):
+            if conn.waiter is None:
+                continue
+            if conn.deadline <= now:
+                conn.time_out()
+            elif earliest is None or conn.deadline < earliest:
+                earliest = conn.deadline
+        if earliest is not None:
+            self._sweeper = loop.call_at(earliest, self._sweep)
 
     def _forget(self, conn: _Connection) -> None:
         self._conns.discard(conn)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlencode
 
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+
 BackendMethod = Literal["client_secret_basic", "client_secret_post", "none"]
 
 
@@ -26,6 +28,8 @@ class BackendCredential:
 
     # The Authorization header value for client_secret_basic (else None), built once.
     authorization: str | None = field(init=False, default=None)
+    # The headers a rewritten request carries for this client, built once.
+    forward_headers: tuple[tuple[str, str], ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         if self.method != "none" and not self.secret:
@@ -34,6 +38,10 @@ class BackendCredential:
             raw = f"{_form_urlencode(self.client_id)}:{_form_urlencode(self.secret)}"
             basic = "Basic " + base64.b64encode(raw.encode()).decode("ascii")
             object.__setattr__(self, "authorization", basic)
+        headers = [("Content-Type", FORM_MEDIA_TYPE)]
+        if self.authorization is not None:
+            headers.append(("Authorization", self.authorization))
+        object.__setattr__(self, "forward_headers", tuple(headers))
 
     def __repr__(self) -> str:
         return f"BackendCredential(client_id={self.client_id!r}, method={self.method!r})"

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, unquote_plus
 
+from gateway.core.backend_auth import FORM_MEDIA_TYPE
 from gateway.core.errors import (
     InvalidClient,
     InvalidRequest,
@@ -15,7 +16,6 @@ from gateway.core.errors import (
 from gateway.core.reasons import Reason
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 FORM_CHARSETS = frozenset({"utf-8", "us-ascii"})
 MAX_PARAMETERS = 100
 

@@ -328,6 +328,40 @@ async def test_silent_backend_times_out_within_the_budget(
         assert len(hung_up) == 1 and hung_up[0] - started < 0.8  # the connection was dropped
 
 
+async def test_each_exchange_times_out_at_its_own_deadline(
+    client_for: Callable[..., BackendClient]
+) -> None:
+    # One sweeper serves every exchange in flight: staggered requests each get their budget,
+    # and an answered one does not keep the others from timing out.
+    async def answers_fast_path_only(reader: asyncio.StreamReader,
+                                     writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r")[0]))
+            if b"/fast" in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    async with raw_server(answers_fast_path_only) as (url, _):
+        client = client_for(url, timeout=0.4)
+        loop = asyncio.get_running_loop()
+
+        async def timed(path: str, delay: float) -> tuple[float, str]:
+            await asyncio.sleep(delay)
+            started = loop.time()
+            try:
+                await client.request("POST", path, [], FORM)
+                outcome = "answered"
+            except BackendTimeout:
+                outcome = "timeout"
+            return loop.time() - started, outcome
+
+        results = await asyncio.gather(timed("/slow", 0), timed("/slow", 0.15),
+                                       timed("/fast", 0.2), timed("/slow", 0.3))
+    assert [outcome for _, outcome in results] == ["timeout", "timeout", "answered", "timeout"]
+    for elapsed, outcome in results:
+        if outcome == "timeout":
+            assert 0.35 < elapsed < 0.9, results
+
+
 @pytest.mark.parametrize(
     "partial",
     [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly a part",
