@@ -1,4 +1,4 @@
-"""Benchmark load: one wrk run over a body pool, its parsed result and the CPU it cost each side."""
+"""Benchmark load: one wrk run over a body pool (flat out or paced), its result and CPU cost."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from procs import Children, core_times, process_cpu_seconds
 
 LUA_SCRIPT = Path(__file__).with_name("wrk_post.lua")
+PACE_TOLERANCE = 0.03  # a paced run within 3 % of its rate measured what was asked
+LATE_SHARE = 0.01  # more sends than this behind schedule: latency leaves queueing out
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,9 @@ class LoadResult:
     first_error: str
     process_cpu: Mapping[str, float]  # share of one core, per watched process
     core_busy: Mapping[int, float]  # share of each core that was busy
+    target_rps: float = 0.0  # the paced rate asked for; 0 when wrk ran flat out
+    late: int = 0  # paced sends that found every connection busy at their slot
+    late_max_ms: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -41,6 +46,11 @@ class LoadResult:
     def cpu_us_per_request(self) -> float:
         """Proxy CPU per answered request: steadier than req/s on a shared machine."""
         return self.process_cpu.get("proxy", 0.0) * 1e6 / self.rps if self.rps else 0.0
+
+    @property
+    def pace_error(self) -> float | None:
+        """Achieved over asked-for rate, minus one (None when wrk ran flat out)."""
+        return self.rps / self.target_rps - 1 if self.target_rps else None
 
     def problems(self, *, may_wrap: bool) -> list[str]:
         """What makes this run's numbers untrustworthy (empty when none)."""
@@ -63,11 +73,24 @@ class LoadResult:
         found = []
         if self.core_busy.get(load_core, 0.0) > 0.9:
             found.append(f"load core {load_core} was {self.core_busy[load_core]:.0%} busy")
-        if self.process_cpu.get("proxy", 1.0) < 0.85:
+        # Paced, the proxy is meant to idle part of the time.
+        if not self.target_rps and self.process_cpu.get("proxy", 1.0) < 0.85:
             found.append(f"proxy used only {self.process_cpu['proxy']:.0%} of its core")
         other = self.core_busy.get(proxy_core, 0.0) - self.process_cpu.get("proxy", 0.0)
         if other > 0.1:
             found.append(f"{other:.0%} of core {proxy_core} went to other processes")
+        return found + self.pace_notes()
+
+    def pace_notes(self) -> list[str]:
+        """Signs that a paced run did not hold its schedule (its latency is then optimistic)."""
+        found = []
+        error = self.pace_error
+        if error is not None and abs(error) > PACE_TOLERANCE:
+            found.append(f"achieved {self.rps:.0f} req/s of the {self.target_rps:.0f} asked"
+                         f" ({error:+.1%})")
+        if self.late > LATE_SHARE * max(self.sent, 1):
+            found.append(f"{self.late} of {self.sent} sends behind schedule"
+                         f" (up to {self.late_max_ms:.1f} ms)")
         return found
 
 
@@ -89,8 +112,11 @@ def run_wrk(
     threads: int,
     cpus: Collection[int],
     watch: Mapping[str, int],
+    rate: float = 0.0,
 ) -> LoadResult:
     """Run wrk pinned to `cpus` against `url`, sampling CPU of the `watch`ed pids meanwhile.
+
+    Flat out when `rate` is 0, else paced at `rate` requests/s over all connections.
 
     Raises RuntimeError if wrk fails or prints no result.
     """
@@ -107,6 +133,7 @@ def run_wrk(
         "--",
         str(bodies),
         str(threads),
+        f"{rate:.3f}",
     ]
     cpu_before = {name: process_cpu_seconds(pid) for name, pid in watch.items()}
     cores_before = core_times()
@@ -130,7 +157,7 @@ def run_wrk(
     text = out.decode(errors="replace")
     if proc.returncode != 0 or "BENCH_RESULT " not in text:
         raise RuntimeError(f"wrk failed (exit {proc.returncode}):\n{text}")
-    return _parse(text, cpu, busy)
+    return _parse(text, cpu, busy, rate)
 
 
 def _reaped_cpu_seconds() -> float:
@@ -139,7 +166,9 @@ def _reaped_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _parse(text: str, cpu: Mapping[str, float], busy: Mapping[int, float]) -> LoadResult:
+def _parse(
+    text: str, cpu: Mapping[str, float], busy: Mapping[int, float], rate: float
+) -> LoadResult:
     raw: dict[str, int] = {}
     first_error = ""
     for line in text.splitlines():
@@ -163,4 +192,7 @@ def _parse(text: str, cpu: Mapping[str, float], busy: Mapping[int, float]) -> Lo
         first_error=first_error,
         process_cpu=cpu,
         core_busy=busy,
+        target_rps=rate,
+        late=raw["late"],
+        late_max_ms=raw["late_max_us"] / 1e3,
     )

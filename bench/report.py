@@ -1,143 +1,114 @@
-"""Benchmark report: the per-algorithm comparison table and the JSON summary file."""
+"""Benchmark report: the per-algorithm tables of medians and ratios, and the JSON summary."""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from load import LoadResult
-
-TARGETS = {"ES256": 0.55, "RS256": 0.70}
-STORE_TARGET = 0.75  # gateway on the Redis ledger over the same gateway on the memory ledger
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayLatency:
-    """The replay check's time over one measured run, from the gateway's own histogram."""
-
-    label: str  # the store label as exported: memory, tiered (Redis behind a local tier), redis
-    checks: int
-    p50_ms: float | None
-    p99_ms: float | None
-
-
-@dataclass(slots=True)
-class AlgResult:
-    alg: str
-    bare: LoadResult | None = None
-    gateways: dict[str, LoadResult] = field(default_factory=dict)  # per replay store
-    replay: dict[str, ReplayLatency] = field(default_factory=dict)  # per replay store
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def baseline_store(self) -> str | None:
-        """The store the gateway/bare verdict is about: memory when it ran."""
-        if "memory" in self.gateways:
-            return "memory"
-        return next(iter(self.gateways), None)
-
-    @property
-    def gateway(self) -> LoadResult | None:
-        store = self.baseline_store
-        return None if store is None else self.gateways[store]
-
-    def ratio_to_bare(self, store: str) -> float | None:
-        run = self.gateways.get(store)
-        if self.bare is None or run is None or not self.bare.rps:
-            return None
-        return run.rps / self.bare.rps
-
-    @property
-    def ratio(self) -> float | None:
-        store = self.baseline_store
-        return None if store is None else self.ratio_to_bare(store)
-
-    @property
-    def cpu_ratio(self) -> float | None:
-        """Bare CPU per request over the gateway's: the throughput ratio if both were saturated."""
-        if self.bare is None or self.gateway is None or not self.gateway.cpu_us_per_request:
-            return None
-        return self.bare.cpu_us_per_request / self.gateway.cpu_us_per_request
-
-    @property
-    def store_ratio(self) -> float | None:
-        """Redis-ledger throughput over memory-ledger throughput (None unless both ran)."""
-        memory, redis = self.gateways.get("memory"), self.gateways.get("redis")
-        if memory is None or redis is None or not memory.rps:
-            return None
-        return redis.rps / memory.rps
-
-    @property
-    def store_cpu_ratio(self) -> float | None:
-        memory, redis = self.gateways.get("memory"), self.gateways.get("redis")
-        if memory is None or redis is None or not redis.cpu_us_per_request:
-            return None
-        return memory.cpu_us_per_request / redis.cpu_us_per_request
-
-    @property
-    def verdict(self) -> str:
-        if self.problems:
-            return "FAIL"
-        target = TARGETS.get(self.alg)
-        if self.ratio is None or target is None:
-            return "n/a"
-        if self.store_ratio is not None and self.store_ratio < STORE_TARGET:
-            return "BELOW"
-        return "PASS" if self.ratio >= target else "BELOW"
+from figures import (
+    STORE_TARGET,
+    TARGETS,
+    AlgResult,
+    Figure,
+    Pair,
+    Run,
+    Spread,
+    cpu_us,
+    p50,
+    p99,
+    rps,
+)
+from provenance import describe_build, machine, versions
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _spread(value: Spread | None, digits: int = 0, sign: str = "") -> str:
+    if value is None:
+        return "-"
+    median = f"{value.median:{sign}.{digits}f}"
+    if value.count == 1:
+        return median
+    return f"{median} [{value.low:{sign}.{digits}f}..{value.high:{sign}.{digits}f}]"
 
 
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _share(result: AlgResult, name: str, process: str) -> Spread | None:
+    return result.spread(name, lambda run: run.process_cpu.get(process, 0.0) * 100)
+
+
+def _busy(result: AlgResult, name: str, core: int) -> Spread | None:
+    return result.spread(name, lambda run: run.core_busy.get(core, 0.0) * 100)
+
+
+def _flat_out(result: AlgResult, load_core: int) -> list[str]:
+    lines = [f"  {'':18} {'req/s':>18} {'µs CPU/req':>14} {'p50 ms':>7} {'p99 ms':>7}"
+             f" {'proxy CPU %':>13} {f'core {load_core} busy %':>15}"]
+    for name in result.contenders:
+        lines.append(
+            f"  {name:18} {_spread(result.spread(name, rps)):>18}"
+            f" {_spread(result.spread(name, cpu_us)):>14}"
+            f" {_median(result.spread(name, p50)):>7} {_median(result.spread(name, p99)):>7}"
+            f" {_spread(_share(result, name, 'proxy')):>13}"
+            f" {_spread(_busy(result, name, load_core)):>15}")
+    lines.append(f"  {'per-pair ratio of req/s':34} {'median [min..max]':>18}  target")
+    for comparison in result.comparisons():
+        ratio = result.ratio(comparison.top, comparison.bottom)
+        goal = "" if comparison.target is None else f">= {comparison.target:.2f}"
+        lines.append(f"  {comparison.label:34} {_spread(ratio, 2):>18}  {goal}")
+    cpu = _spread(result.cpu_ratio(), 2)
+    lines.append(f"  {'CPU/req bare / ' + 'gateway/' + result.primary_store:34} {cpu:>18}")
+    return lines
+
+
+def _median(value: Spread | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value.median:.{digits}f}"
+
+
+def _half_load(result: AlgResult) -> list[str]:
+    if result.half_load_rate is None:
+        return []
+    lines = [f"  half load: paced at {result.half_load_rate:.0f} req/s (half the bare proxy's"
+             f" median peak), {len(result.half_load)} round(s)",
+             f"  {'':18} {'req/s':>6} {'p50 ms':>20} {'p99 ms':>22}"
+             f" {'added p50 ms':>22} {'added p99 ms':>24}"]
+    for name in result.contenders:
+        added = [Spread.of(v for v in result.added(name, figure) if v is not None)
+                 for figure in (p50, p99)]
+        shown = ["", ""] if name == "bare" else [_spread(value, 2, "+") for value in added]
+        row = (f"  {name:18} {_median(result.spread(name, rps, half_load=True), 0):>6}"
+               f" {_spread(result.spread(name, p50, half_load=True), 2):>20}"
+               f" {_spread(result.spread(name, p99, half_load=True), 2):>22}"
+               f" {shown[0]:>22} {shown[1]:>24}")
+        lines.append(row.rstrip())
+    return lines
+
+
+def _replay(result: AlgResult) -> list[str]:
+    lines = []
+    for name in result.contenders:
+        for phase, pairs in (("flat out", result.pairs), ("half load", result.half_load)):
+            found = [pair[name].replay for pair in pairs if name in pair]
+            checks = [latency for latency in found if latency is not None]
+            if not checks:
+                continue
+            p50s = Spread.of(c.p50_ms for c in checks if c.p50_ms is not None)
+            p99s = Spread.of(c.p99_ms for c in checks if c.p99_ms is not None)
+            lines.append(f"  replay check {name} {phase} (store={checks[0].label}):"
+                         f" p50 {_spread(p50s, 3)} ms, p99 {_spread(p99s, 3)} ms"
+                         f" (from buckets)")
+    return lines
 
 
 def render(results: list[AlgResult], *, proxy_core: int, load_core: int) -> str:
-    """The human-readable table, one block per algorithm."""
-    head = (
-        f"  {'':14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU':>10}"
-        f" {'µs CPU/req':>10} {'backend CPU':>12} {'wrk CPU':>8} {f'core {load_core} busy':>12}"
-    )
+    """The human-readable tables, one block per algorithm."""
     lines = []
     for result in results:
-        lines += ["", f"{result.alg}", head]
-        runs = [("bare", result.bare)]
-        runs += [(f"gateway/{store}", run) for store, run in result.gateways.items()]
-        for name, run in runs:
-            if run is None:
-                lines.append(f"  {name:14} {'-':>9}")
-                continue
-            lines.append(
-                f"  {name:14} {run.rps:9.0f} {run.p50_ms:8.2f} {run.p99_ms:8.2f}"
-                f" {run.process_cpu.get('proxy', 0):10.0%}"
-                f" {run.cpu_us_per_request:10.0f} {run.process_cpu.get('backend', 0):12.0%}"
-                f" {run.process_cpu.get('wrk', 0):8.0%}"
-                f" {run.core_busy.get(load_core, 0):12.0%}"
-            )
-        target = TARGETS.get(result.alg)
-        goal = "-" if target is None else f">= {target:.2f}"
-        for store in result.gateways:
-            lines.append(f"  ratio gateway({store})/bare {_ratio(result.ratio_to_bare(store))}"
-                         f"  (target {goal})")
-        if result.store_ratio is not None:
-            lines.append(
-                f"  ratio redis/memory {_ratio(result.store_ratio)}  (target >= {STORE_TARGET:.2f})"
-                f"  [CPU-per-request ratio {_ratio(result.store_cpu_ratio)}]")
-        lines.append(f"  verdict {result.verdict}  (gateway/bare on {result.baseline_store};"
-                     f" CPU-per-request ratio {_ratio(result.cpu_ratio)})")
-        for store, latency in result.replay.items():
-            lines.append(
-                f"  replay check {store} (store={latency.label}): p50 {_ms(latency.p50_ms)} ms,"
-                f" p99 {_ms(latency.p99_ms)} ms over {latency.checks} checks (from buckets)")
+        lines += ["", f"{result.alg}: {len(result.pairs)} interleaved round(s); median [min..max]"]
+        lines += _flat_out(result, load_core)
+        lines += _half_load(result)
+        lines += _replay(result)
+        lines.append(f"  verdict {result.verdict}")
         lines += [f"  !! {problem}" for problem in result.problems]
         lines += [f"  note: {note}" for note in result.notes]
     lines.append(f"\n(proxy pinned to core {proxy_core}; wrk, backend and redis-server on core"
@@ -145,55 +116,75 @@ def render(results: list[AlgResult], *, proxy_core: int, load_core: int) -> str:
     return "\n".join(lines)
 
 
-def _versions() -> dict[str, str]:
-    found = {}
-    for name in ("aiohttp", "joserfc", "cryptography", "uvloop", "redis"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "absent"
-    return found
+def _run_dict(run: Run) -> dict[str, Any]:
+    load = run.load
+    return {**asdict(load), "rps": load.rps, "cpu_us_per_request": load.cpu_us_per_request,
+            "pace_error": load.pace_error,
+            "replay_check": None if run.replay is None else asdict(run.replay)}
 
 
-def _run_dict(run: LoadResult | None) -> dict[str, Any] | None:
-    if run is None:
-        return None
-    return {**asdict(run), "rps": run.rps, "cpu_us_per_request": run.cpu_us_per_request}
+def _medians(result: AlgResult, *, half_load: bool) -> dict[str, Any]:
+    figures: dict[str, Figure] = {"rps": rps, "cpu_us_per_request": cpu_us,
+                                  "p50_ms": p50, "p99_ms": p99}
+    return {name: {figure: _maybe(result.spread(name, read, half_load=half_load))
+                   for figure, read in figures.items()}
+            for name in result.contenders}
 
 
-def write_summary(out_dir: Path, results: list[AlgResult], options: dict[str, Any]) -> Path:
+def _maybe(value: Spread | None) -> dict[str, Any] | None:
+    return None if value is None else asdict(value)
+
+
+def _pairs(pairs: list[Pair]) -> list[dict[str, Any]]:
+    return [{name: _run_dict(run) for name, run in pair.items()} for pair in pairs]
+
+
+def _alg_summary(result: AlgResult) -> dict[str, Any]:
+    ratios = [
+        {**asdict(c), "per_pair": result.ratios(c.top, c.bottom),
+         "spread": _maybe(result.ratio(c.top, c.bottom))}
+        for c in result.comparisons()
+    ]
+    added = {
+        name: {label: {"per_pair": values,
+                       "spread": _maybe(Spread.of(v for v in values if v is not None))}
+               for label, values in (("p50_ms", result.added(name, p50)),
+                                     ("p99_ms", result.added(name, p99)))}
+        for name in result.contenders if name != "bare"
+    }
+    return {
+        "alg": result.alg,
+        "contenders": result.contenders,
+        "pairs": _pairs(result.pairs),
+        "medians": _medians(result, half_load=False),
+        "ratios": ratios,
+        "cpu_ratio": _maybe(result.cpu_ratio()),
+        "half_load": {
+            "rate": result.half_load_rate,
+            "bare_peak_rps": _maybe(result.spread("bare", rps)),
+            "pairs": _pairs(result.half_load),
+            "medians": _medians(result, half_load=True),
+            "added": added,
+        },
+        "verdict": result.verdict,
+        "problems": result.problems,
+        "notes": result.notes,
+    }
+
+
+def write_summary(
+    out_dir: Path, results: list[AlgResult], options: dict[str, Any], repo: Path
+) -> Path:
     """Write the JSON summary under `out_dir`; returns its path. Raises OSError."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     summary = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "versions": _versions(),
-        },
+        "build": {**describe_build(repo), "versions": versions()},
+        "machine": machine(),
         "options": options,
-        "results": [
-            {
-                "alg": result.alg,
-                "bare": _run_dict(result.bare),
-                "gateway": _run_dict(result.gateway),
-                "gateways": {store: _run_dict(run) for store, run in result.gateways.items()},
-                "replay_check": {store: asdict(latency)
-                                 for store, latency in result.replay.items()},
-                "ratio": result.ratio,
-                "cpu_ratio": result.cpu_ratio,
-                "store_ratio": result.store_ratio,
-                "store_cpu_ratio": result.store_cpu_ratio,
-                "store_target": STORE_TARGET,
-                "target": TARGETS.get(result.alg),
-                "verdict": result.verdict,
-                "problems": result.problems,
-                "notes": result.notes,
-            }
-            for result in results
-        ],
+        "targets": {"gateway_over_bare": TARGETS, "redis_over_memory": STORE_TARGET},
+        "results": [_alg_summary(result) for result in results],
     }
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import time
@@ -22,6 +23,8 @@ BODY_PREFIX = (
     "&client_assertion="
 )
 CHUNK = 5_000
+POOL_MARGIN = 1.5  # bodies minted per expected request
+MIN_POOL = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,15 @@ class TokenPool:
         self.expires_at = min(self.expires_at, exp)
         return time.monotonic() - started
 
+    def top_up(self, count: int, cpus: Collection[int], *, must_last: float) -> float:
+        """Hold `count` bodies that stay valid `must_last` more seconds; returns seconds minting.
+
+        Starts over with a fresh pool when the oldest body would expire sooner.
+        """
+        if self.seconds_left() < must_last:
+            self.reset()
+        return self.ensure(count, cpus)
+
     def reset(self) -> None:
         """Forget every body (before minting a fresh pool)."""
         self.path.write_bytes(b"")
@@ -116,3 +128,39 @@ class TokenPool:
     def seconds_left(self) -> float:
         """How long until the oldest assertion in the pool expires."""
         return self.expires_at - time.time()
+
+
+def pool_size(rate: float, seconds: float) -> int:
+    """Bodies for `seconds` of load at `rate` req/s, with a margin."""
+    return max(MIN_POOL, math.ceil(rate * max(seconds, 1.0) * POOL_MARGIN))
+
+
+@dataclass(frozen=True, slots=True)
+class Bodies:
+    """The warm-up and the measurement pool of a run, minted on `cpus`."""
+
+    warm: TokenPool
+    measure: TokenPool
+    cpus: frozenset[int]
+    warmup: float
+    duration: float
+    slack: float  # seconds a run may spend outside wrk (start-up, minting, scrapes)
+
+    def provide(self, rate: float) -> float:
+        """Mint what a run at `rate` req/s needs, none to expire before it ends; seconds spent."""
+        span = self.warmup + self.duration + self.slack
+        spent = self.warm.top_up(pool_size(rate, self.warmup), self.cpus, must_last=span)
+        return spent + self.measure.top_up(
+            pool_size(rate, self.duration), self.cpus, must_last=span
+        )
+
+    def top_up_measure(self, rate: float) -> float:
+        """After the warm-up: enough measurement bodies for `rate` req/s; seconds spent."""
+        return self.measure.top_up(
+            pool_size(rate, self.duration), self.cpus, must_last=self.duration + 10
+        )
+
+    def renew(self) -> None:
+        """Forget both pools, so that the next run sends jtis no ledger has seen."""
+        self.warm.reset()
+        self.measure.reset()
