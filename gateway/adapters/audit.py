@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, fields
+from json.encoder import encode_basestring_ascii
+from operator import attrgetter
 from typing import TextIO
 
 from gateway.core.attempt import Attempt
@@ -41,8 +44,37 @@ class AuditRecord:
 
 
 _FIELDS = tuple(field.name for field in fields(AuditRecord))
-# One encoder: json.dumps with non-default options builds a new one for every call.
+_VALUES = attrgetter(*_FIELDS)
+_MEMBERS = tuple(f',"{name}":' for name in _FIELDS)  # field names need no escaping
+# For values of other types than str, int and float: json's own rules.
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
+def encode_line(time_text: str, record: AuditRecord) -> str:
+    """The record as one JSON line: ``time``, then each field that is not None, in order.
+
+    The same text, to the character, that ``json.dumps(..., ensure_ascii=True,
+    separators=(",", ":"))`` writes for that object, without building a dict and an
+    encoder per line. Strings go through json's own C escaper: quotes, backslashes,
+    control characters and everything outside ASCII (U+2028 included) become escapes.
+    """
+    return "".join([
+        '{"time":', encode_basestring_ascii(time_text),
+        *[member + (encode_basestring_ascii(value) if type(value) is str else _scalar(value))
+          for member, value in zip(_MEMBERS, _VALUES(record), strict=True)
+          if value is not None],
+        "}\n",
+    ])
+
+
+def _scalar(value: object) -> str:
+    # What json writes for a number; anything else (bool, NaN, infinities, a str
+    # subclass) goes through json itself.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return float.__repr__(value)
+    return _ENCODER.encode(value)
 
 
 class AuditLog:
@@ -63,13 +95,8 @@ class AuditLog:
     def write(self, record: AuditRecord) -> None:
         if self._stream is None:
             return
-        entry: dict[str, object] = {"time": self._timestamp()}
-        for name in _FIELDS:
-            value = getattr(record, name)
-            if value is not None:
-                entry[name] = value
         try:
-            self._stream.write(_ENCODER.encode(entry) + "\n")
+            self._stream.write(encode_line(self._timestamp(), record))
         except (OSError, ValueError):
             # A closed or full log sink must not turn an answered request into a 500.
             return

@@ -73,6 +73,7 @@ class VerifiedAssertion:
     alg: str
     kid: str | None
     key_thumbprint: str
+    iat: float | None = None  # when the client says it issued the assertion, if it did
 
 
 def parse_assertion(token: str) -> ParsedAssertion:
@@ -117,6 +118,7 @@ def verify_assertion(
     return VerifiedAssertion(
         client_id=policy.client_id, jti=jti, exp=exp, alg=alg, kid=key.kid,
         key_thumbprint=key.thumbprint,
+        iat=float(parsed.claims["iat"]) if "iat" in parsed.claims else None,  # checked above
     )
 
 
@@ -213,13 +215,11 @@ def _check_typ(typ: str | None, require_typ: bool) -> None:
 def _verify_signature(
     parsed: ParsedAssertion, alg: str, candidates: tuple[VerificationKey, ...]
 ) -> VerificationKey:
-    model = JWS_ALGORITHMS[alg]
+    signing_input, signature = parsed.signing_input, parsed.signature
     for key in candidates:
-        try:
-            valid = model.verify(parsed.signing_input, parsed.signature, key.key)
-        except Exception:  # a key or signature joserfc cannot handle is a failed check
-            valid = False
-        if valid:
+        # select_keys kept only keys that may verify alg: each has a verifier for it,
+        # and a verifier never raises (a signature it cannot parse is a failed check).
+        if key.verifiers[alg](signing_input, signature):
             return key
     raise KeyMiss(Reason.BAD_SIGNATURE, f"{len(candidates)} key(s) tried")
 

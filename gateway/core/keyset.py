@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jwa, jwk
 from joserfc.jwa import JWSAlgModel
 
@@ -41,12 +44,17 @@ _EC_ALGORITHMS = {"P-256": frozenset({"ES256"}), "P-384": frozenset({"ES384"}),
                   "P-521": frozenset({"ES512"})}
 _OKP_ALGORITHMS = {"Ed25519": EDDSA_NAMES}
 
+# verifier(signing_input, signature) -> whether the signature is valid; never raises.
+Verifier = Callable[[bytes, bytes], bool]
+
 
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
     key: Any                    # joserfc key object, imported once
     kid: str | None
     algorithms: frozenset[str]  # algs this key may verify (from its kty/crv and its own `alg`)
+    # One verifier per alg in `algorithms`, built at import (see _verifiers).
+    verifiers: Mapping[str, Verifier] = field(compare=False, repr=False)
     thumbprint: str             # RFC 7638 SHA-256 thumbprint, base64url
     x5t: str | None             # from JWK x5t (unpadded base64url form for comparison)
     x5t_s256: str | None        # from JWK x5t#S256 (unpadded)
@@ -203,17 +211,71 @@ def _import_key(jwk_dict: object) -> tuple[dict[str, Any], VerificationKey] | Ke
         clean: dict[str, Any] = json.loads(json.dumps(jwk_dict))
     except (TypeError, ValueError, RecursionError):
         return KeyRefusal("holds values that are not JSON")
+    algorithms = key_algorithms(clean)
     try:
         key = jwk.import_key(dict(clean), clean["kty"])
         thumbprint = key.thumbprint()
+        verifiers = _verifiers(key.get_op_key("verify"), algorithms)
     except Exception as exc:  # joserfc and cryptography raise many types for bad members
         return KeyRefusal(f"cannot import ({type(exc).__name__})")
     x5t, x5t_s256 = clean.get("x5t"), clean.get("x5t#S256")
     return clean, VerificationKey(
         key=key,
         kid=clean.get("kid"),
-        algorithms=key_algorithms(clean),
+        algorithms=algorithms,
+        verifiers=verifiers,
         thumbprint=thumbprint,
         x5t=unpadded(x5t) if x5t is not None else None,
         x5t_s256=unpadded(x5t_s256) if x5t_s256 is not None else None,
     )
+
+
+# What joserfc's models (RFC 7518 §3.3-3.5, RFC 9864) do per call, prepared once per key:
+# its RS/PS/ES models build the padding or ECDSA object, hex-decode r and s and look the
+# key up again on every verification. Same algorithms, same parameters, same verdicts.
+_SHA = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
+
+
+def _verifiers(public_key: Any, algorithms: frozenset[str]) -> Mapping[str, Verifier]:
+    """One verifier per algorithm for a public key whose type fits every one of them."""
+    return MappingProxyType({alg: _verifier(public_key, alg) for alg in sorted(algorithms)})
+
+
+def _verifier(public_key: Any, alg: str) -> Verifier:
+    if alg in EDDSA_NAMES:
+        return _checked(public_key.verify)
+    sha = _SHA[alg[2:]]
+    if alg.startswith("RS"):
+        return _checked(public_key.verify, padding.PKCS1v15(), sha)
+    if alg.startswith("PS"):
+        # RFC 7518 §3.5: MGF1 with the same hash, a salt as long as the hash output.
+        pss = padding.PSS(mgf=padding.MGF1(sha), salt_length=sha.digest_size)
+        return _checked(public_key.verify, pss, sha)
+    return _ecdsa_verifier(public_key, ec.ECDSA(sha))
+
+
+def _checked(verify: Callable[..., object], *parameters: object) -> Verifier:
+    def verifier(signing_input: bytes, signature: bytes) -> bool:
+        try:
+            verify(signature, signing_input, *parameters)
+        except Exception:  # InvalidSignature, or a signature cryptography cannot parse
+            return False
+        return True
+
+    return verifier
+
+
+def _ecdsa_verifier(public_key: Any, ecdsa: ec.ECDSA) -> Verifier:
+    # RFC 7518 §3.4: the JWS signature is r || s, each exactly the curve's byte length;
+    # cryptography takes them DER-encoded.
+    size = (public_key.curve.key_size + 7) // 8
+    verify = _checked(public_key.verify, ecdsa)
+
+    def verifier(signing_input: bytes, signature: bytes) -> bool:
+        if len(signature) != 2 * size:
+            return False
+        der = encode_dss_signature(int.from_bytes(signature[:size], "big"),
+                                   int.from_bytes(signature[size:], "big"))
+        return verify(signing_input, der)
+
+    return verifier

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
+from typing import Any
 
-from gateway.adapters.audit import AuditLog, AuditRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.adapters.audit import AuditLog, AuditRecord, encode_line
 from gateway.core.attempt import untrusted
 
 
@@ -63,3 +68,54 @@ def test_a_closed_sink_does_not_raise() -> None:
     log = AuditLog(stream)
     stream.close()
     log.write(AuditRecord(request_id="r", endpoint="/t", result="accepted", reason="ok"))
+
+
+def dict_encoder_line(time_text: str, record: AuditRecord) -> str:
+    """The line as a dict and json's encoder write it: the oracle for encode_line."""
+    entry: dict[str, object] = {"time": time_text}
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if value is not None:
+            entry[field.name] = value
+    return json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode(entry) + "\n"
+
+
+class Text(str):
+    """A str subclass, as an enum value or a library's string type would be."""
+
+
+# Every code point, lone surrogates included, and the characters that break lines or JSON.
+HOSTILE_TEXT = st.text(st.characters(exclude_categories=()), max_size=40) | st.sampled_from(
+    ['"', "\\", "\n", "\r", "\x00", "\x1f", "\x7f", "\u2028", "\u2029", "\ud800", "\ufeff",
+     'x"}\n{"result":"accepted"}', "</script>", "\U0001f600"])
+TEXT_VALUES = HOSTILE_TEXT | HOSTILE_TEXT.map(Text)
+NUMBERS = st.integers() | st.floats() | st.integers(-(10**40), 10**40) | st.booleans()
+RECORDS = st.builds(
+    AuditRecord,
+    request_id=TEXT_VALUES, endpoint=TEXT_VALUES, result=TEXT_VALUES, reason=TEXT_VALUES,
+    **{name: st.none() | TEXT_VALUES for name in (
+        "client", "method", "kid", "key_thumbprint", "jti_hash", "alg", "remote",
+        "backend_error")},
+    backend_status=st.none() | NUMBERS,
+    latency_ms=st.none() | NUMBERS,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(RECORDS, HOSTILE_TEXT)
+def test_the_line_is_what_json_writes_for_the_same_entry(record: AuditRecord,
+                                                         time_text: str) -> None:
+    line = encode_line(time_text, record)
+    assert line == dict_encoder_line(time_text, record)
+    assert line.count("\n") == 1 and line.endswith("\n") and line.isascii()
+    assert all(" " <= char <= "~" for char in line[:-1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(RECORDS)
+def test_a_written_line_is_what_json_writes(record: AuditRecord) -> None:
+    stream = io.StringIO()
+    AuditLog(stream).write(record)
+    line = stream.getvalue()
+    entry: dict[str, Any] = json.loads(line)
+    assert line == dict_encoder_line(entry["time"], record)

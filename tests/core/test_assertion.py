@@ -84,7 +84,7 @@ def test_each_algorithm_verifies(alg: str) -> None:
     result = check(token, signer.keyset(), replace(POLICY, algorithms=frozenset(ALL_ALGS)))
     assert result == VerifiedAssertion(
         client_id=CLIENT_ID, jti="jti-1", exp=NOW + 60, alg=alg, kid=signer.kid,
-        key_thumbprint=signer.keyset().keys[0].thumbprint,
+        key_thumbprint=signer.keyset().keys[0].thumbprint, iat=int(NOW),
     )
 
 

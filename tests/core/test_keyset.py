@@ -8,13 +8,23 @@ import hashlib
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from joserfc.jwa import JWSAlgModel
 
 from gateway.core.jwk_rules import decode_base64url
-from gateway.core.keyset import JWS_ALGORITHMS, import_jwks, key_algorithms, prepare_keyset
-from tests.support.tokens import OMIT, b64url, make_signer, merge
+from gateway.core.keyset import (
+    JWS_ALGORITHMS,
+    VerificationKey,
+    import_jwks,
+    key_algorithms,
+    prepare_keyset,
+)
+from tests.support.tokens import OMIT, Signer, b64url, make_signer, merge
 
 PATH = "clients.acme.jwks"
 
@@ -303,3 +313,167 @@ def test_decode_base64url(text: object, expected: bytes | None) -> None:
 def test_empty_keyset() -> None:
     keys = prepare_keyset([])
     assert keys.keys == () and dict(keys.by_kid) == {}
+
+
+# Each key's verifiers call cryptography directly; joserfc's models are the oracle.
+ALL_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+            "ES256", "ES384", "ES512", "EdDSA", "Ed25519")
+MESSAGE = b"eyJhbGciOiJub25lIn0.eyJzdWIiOiJjbGllbnQtYSJ9"
+# The group orders of the NIST curves (SEC 2): r and s live in [1, n).
+CURVE_ORDERS = {
+    "ES256": int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16),
+    "ES384": int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77A"
+                 "ECEC196ACCC52973", 16),
+    "ES512": int("01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F"
+                 "966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409", 16),
+}
+VERIFIER_SETTINGS = settings(max_examples=300, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow])
+
+
+@functools.cache
+def signer_of(alg: str, slot: int = 0) -> Signer:
+    return make_signer(alg, slot=slot)  # loading an RSA private key takes ~50 ms
+
+
+@functools.cache
+def only_key(alg: str, slot: int = 0) -> VerificationKey:
+    (key,) = signer_of(alg, slot=slot).keyset().keys
+    return key
+
+
+def signed(signer: Signer, alg: str | None = None, message: bytes = MESSAGE) -> bytes:
+    return JWS_ALGORITHMS[alg or signer.alg].sign(message, signer.private_key)
+
+
+def joserfc_verdict(key: VerificationKey, alg: str, message: bytes, signature: bytes) -> bool:
+    try:
+        return JWS_ALGORITHMS[alg].verify(message, signature, key.key)
+    except Exception:
+        return False
+
+
+def flip_bit(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 0x80 >> (bit % 8)
+    return bytes(out)
+
+
+def ec_signature(r: int, s: int, size: int) -> bytes:
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS)
+def test_every_algorithm_of_a_key_has_a_verifier(alg: str) -> None:
+    key = only_key(alg)
+    assert set(key.verifiers) == key.algorithms
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS)
+def test_verifier_accepts_joserfc_signatures_and_nothing_altered(alg: str) -> None:
+    key = only_key(alg)
+    verify, signature = key.verifiers[alg], signed(signer_of(alg))
+    assert verify(MESSAGE, signature) and joserfc_verdict(key, alg, MESSAGE, signature)
+    last_bit, half = len(signature) * 8 - 1, len(signature) // 2
+    altered = {
+        # For ECDSA the same r and s, each one byte longer than the curve allows.
+        "zero-padded-halves": b"\x00" + signature[:half] + b"\x00" + signature[half:],
+        "first-bit": flip_bit(signature, 0), "last-bit": flip_bit(signature, last_bit),
+        "one-byte-short": signature[:-1], "one-byte-long": signature + b"\x00",
+        "leading-zero": b"\x00" + signature, "empty": b"", "doubled": signature * 2,
+        "zeros": bytes(len(signature)), "ones": b"\xff" * len(signature),
+    }
+    for name, forged in altered.items():
+        assert not verify(MESSAGE, forged), name
+        assert not joserfc_verdict(key, alg, MESSAGE, forged), name
+    assert not verify(MESSAGE + b".", signature)
+    assert not verify(MESSAGE, signed(signer_of(alg, slot=1)))
+
+
+def test_an_rsa_signature_verifies_only_under_its_own_algorithm() -> None:
+    key = only_key("RS256")
+    for signing_alg in sorted(RSA_ALGS):
+        signature = signed(signer_of(signing_alg), signing_alg)
+        for alg in sorted(RSA_ALGS):
+            expected = alg == signing_alg
+            assert key.verifiers[alg](MESSAGE, signature) is expected, (signing_alg, alg)
+            assert joserfc_verdict(key, alg, MESSAGE, signature) is expected, (signing_alg, alg)
+
+
+def test_both_ed25519_names_verify_the_same_signatures() -> None:
+    key = only_key("Ed25519")
+    signature = signed(signer_of("Ed25519"))
+    assert key.verifiers["EdDSA"](MESSAGE, signature)
+    assert key.verifiers["Ed25519"](MESSAGE, signature)
+
+
+@pytest.mark.parametrize(
+    ("alg", "salt_length"),
+    [
+        pytest.param("PS256", padding.PSS.MAX_LENGTH, id="ps256-longest-salt"),
+        pytest.param("PS256", 0, id="ps256-no-salt"),
+        pytest.param("PS512", 32, id="ps512-sha256-length-salt"),
+    ],
+)
+def test_pss_salt_must_be_the_hash_length(alg: str, salt_length: int) -> None:
+    # RFC 7518 §3.5: the salt is as long as the hash output; joserfc checks exactly that.
+    sha = {"PS256": hashes.SHA256(), "PS512": hashes.SHA512()}[alg]
+    private = signer_of(alg).private_key.get_op_key("sign")
+    signature = private.sign(MESSAGE, padding.PSS(padding.MGF1(sha), salt_length), sha)
+    key = only_key(alg)
+    assert not key.verifiers[alg](MESSAGE, signature)
+    assert not joserfc_verdict(key, alg, MESSAGE, signature)
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512"])
+def test_ecdsa_verdicts_on_hostile_r_and_s_match_joserfc(alg: str) -> None:
+    key, order = only_key(alg), CURVE_ORDERS[alg]
+    genuine = signed(signer_of(alg))
+    size = len(genuine) // 2
+    r, s = int.from_bytes(genuine[:size], "big"), int.from_bytes(genuine[size:], "big")
+    # ECDSA is malleable: (r, n - s) is valid too, and joserfc accepts it.
+    assert key.verifiers[alg](MESSAGE, ec_signature(r, order - s, size))
+    assert joserfc_verdict(key, alg, MESSAGE, ec_signature(r, order - s, size))
+    specials = [0, 1, order - 1, order, order + 1, r, s, r + order, s + order, 256**size - 1]
+    for hostile_r in specials:
+        for hostile_s in specials:
+            if max(hostile_r, hostile_s) < 256**size:
+                forged = ec_signature(hostile_r, hostile_s, size)
+                assert key.verifiers[alg](MESSAGE, forged) is joserfc_verdict(
+                    key, alg, MESSAGE, forged), (hostile_r, hostile_s)
+
+
+def hostile_signatures(genuine: bytes) -> st.SearchStrategy[bytes]:
+    length, half = len(genuine), len(genuine) // 2
+    return st.one_of(
+        st.just(genuine),
+        st.just(b"\x00" + genuine[:half] + b"\x00" + genuine[half:]),
+        st.binary(max_size=2 * length + 2),
+        st.binary(min_size=length, max_size=length),
+        st.integers(0, length * 8 - 1).map(lambda bit: flip_bit(genuine, bit)),
+        st.integers(-4, 4).map(lambda cut: genuine[:cut] if cut < 0 else genuine + bytes(cut)),
+    )
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS)
+@VERIFIER_SETTINGS
+@given(data=st.data())
+def test_verifier_verdict_equals_joserfc_for_hostile_signatures(alg: str,
+                                                                data: st.DataObject) -> None:
+    key, genuine = only_key(alg), signed(signer_of(alg))
+    signature = data.draw(hostile_signatures(genuine), label="signature")
+    message = data.draw(st.sampled_from([MESSAGE, MESSAGE + b"x", MESSAGE[:-1], b""]),
+                        label="message")
+    assert key.verifiers[alg](message, signature) is joserfc_verdict(key, alg, message, signature)
+
+
+def test_ecdsa_signature_from_der_form_is_refused() -> None:
+    # cryptography's own (DER) form is not a JWS signature: the length alone refuses it.
+    key = only_key("ES256")
+    genuine = signed(signer_of("ES256"))
+    r, s = int.from_bytes(genuine[:32], "big"), int.from_bytes(genuine[32:], "big")
+    private = signer_of("ES256").private_key.get_op_key("sign")
+    der = private.sign(MESSAGE, ec.ECDSA(hashes.SHA256()))
+    assert decode_dss_signature(der) != (r, s)  # a fresh signature, still valid
+    assert not key.verifiers["ES256"](MESSAGE, der)
+    assert not joserfc_verdict(key, "ES256", MESSAGE, der)
