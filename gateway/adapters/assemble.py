@@ -188,9 +188,12 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def build_ledger(settings: Settings) -> ReplayLedger:
+def build_ledger(settings: Settings, *,
+                 on_reset: Callable[[], None] | None = None) -> ReplayLedger:
     """The replay ledger the settings ask for (Redis is connected lazily, on first use).
 
+    A Redis ledger calls ``on_reset`` once per loss of its store's data it learns of, and
+    reads the markers of every configured client at first contact.
     Raises ValueError for an inconsistent Redis topology.
     """
     replay = settings.replay
@@ -199,7 +202,8 @@ def build_ledger(settings: Settings) -> ReplayLedger:
     common: dict[str, Any] = {
         "username": replay.redis_username, "password": replay.password_value(),
         "timeout": replay.timeout, "max_connections": replay.redis_max_connections,
-        "local_max_entries": min(replay.max_entries, LOCAL_TIER_MAX_ENTRIES)}
+        "local_max_entries": min(replay.max_entries, LOCAL_TIER_MAX_ENTRIES),
+        "subjects": tuple(settings.clients), "on_reset": on_reset}
     if replay.redis_sentinels:
         return build_redis_ledger(
             sentinels=[_host_port(node) for node in replay.redis_sentinels],

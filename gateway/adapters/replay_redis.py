@@ -16,16 +16,23 @@ each SET stays atomic on its own). A pipeline costs one connection, one write an
 read however many checks it carries, where redis-py spends ~100-150 µs of CPU on each
 lone command. A batch that cannot be sent fails every check in it; an error reply fails
 only its own check; each caller keeps its own budget.
+
+Data loss (restart without persistence, FLUSHALL, failover to a replica that missed writes):
+each batch also checks the epoch marker of its tags (``replay_marker``). Once a loss is
+known, an assertion issued before it plus the clock skew is refused with 503
+``replay_store_reset`` and a Retry-After: it may have been accepted before the loss.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import re
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +49,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.core.errors import TemporarilyUnavailable
+from gateway.adapters.replay_marker import RESOLVE_SCRIPT, EpochMarkers, Offer, marker_key
+from gateway.core.errors import RetryLater, TemporarilyUnavailable
 from gateway.core.reasons import Reason
 from gateway.core.replay import ExpiringKeys, ReplayLedger, ledger_key
 
@@ -63,16 +71,25 @@ STORE_FAILURES: tuple[type[Exception], ...] = (
 )
 
 
-def redis_key(client_id: str, jti: str) -> str:
-    """``pkjwt:jti:{<client>}:<sha256(jti) hex>``: one client's keys share a cluster slot.
+def hash_tag(client_id: str) -> str:
+    """The hash tag of a client's keys: the id itself when plain, else ``~`` + hex of its UTF-8.
 
-    A client id outside a plain character set (braces would break the hash tag) is written
-    as ``~`` + hex of its UTF-8; plain ids never contain ``~``, so the mapping stays one to one.
+    Braces would break the hash tag; plain ids never contain ``~``, so the mapping stays one
+    to one.
     """
-    tag = client_id if _PLAIN_CLIENT_ID.fullmatch(client_id) else (
-        "~" + client_id.encode("utf-8", "surrogatepass").hex())
+    if _PLAIN_CLIENT_ID.fullmatch(client_id):
+        return client_id
+    return "~" + client_id.encode("utf-8", "surrogatepass").hex()
+
+
+def redis_key(client_id: str, jti: str) -> str:
+    """``pkjwt:jti:{<tag>}:<sha256(jti) hex>``: one client's keys share a cluster slot."""
     digest = hashlib.sha256(jti.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{KEY_PREFIX}{{{tag}}}:{digest}"
+    return f"{KEY_PREFIX}{{{hash_tag(client_id)}}}:{digest}"
+
+
+def _tag_of(key: str) -> str:
+    return key[len(KEY_PREFIX) + 1:key.index("}", len(KEY_PREFIX))]
 
 
 def ttl_ms(expires_at: float, now: float) -> int:
@@ -96,6 +113,7 @@ class _Claim:
     """One check waiting for the next pipeline; ``reply`` gets the previous value or _Failed."""
 
     key: str
+    tag: str
     token: str
     ttl: int
     reply: asyncio.Future[Any]
@@ -112,7 +130,13 @@ class RedisReplayLedger:
     name = "redis"
 
     def __init__(self, client: Redis | RedisCluster, *, timeout: float = DEFAULT_TIMEOUT,
-                 sentinels: Sequence[Redis] = (), batch: bool = True) -> None:
+                 sentinels: Sequence[Redis] = (), batch: bool = True,
+                 subjects: Iterable[str] = (), on_reset: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``subjects``: the client ids whose markers are read at first contact, so that a
+        loss before this process first checks one of them is noticed all the same.
+        ``on_reset`` is called once per loss of the store's data this process learns of;
+        ``clock`` dates the losses it notices."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._batch = batch
@@ -125,23 +149,46 @@ class RedisReplayLedger:
         self._cluster = isinstance(client, RedisCluster)
         self._timeout = timeout
         self._sentinels = tuple(sentinels)  # closed with the client
+        self.markers = EpochMarkers((hash_tag(subject) for subject in subjects), on_reset)
+        self._clock = clock
         # Optimistic until a check or ping says otherwise; await ping() at start-up for an
         # honest answer before serving.
         self._healthy = True
 
     async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
-                     fingerprint: str | None = None) -> bool:
+                     fingerprint: str | None = None, issued_at: float | None = None,
+                     clock_skew: float = 0.0) -> bool:
         """True when fresh, False for a replay; raises TemporarilyUnavailable on any store
-        problem (refused, timeout, pool exhausted, cluster error, Redis < 7).
+        problem (refused, timeout, pool exhausted, cluster error, Redis < 7), RetryLater
+        (``replay_store_reset``) for an assertion issued before a loss of the store's data
+        plus ``clock_skew``.
 
         With ``fingerprint`` the stored value is the assertion's digest instead of a random
-        token, so the same assertion finds its own value and is accepted again.
+        token, so the same assertion finds its own value and is accepted again; it is never
+        refused for a loss.
         """
         token = fingerprint if fingerprint is not None else secrets.token_hex(8)
-        return await self.claim(redis_key(client_id, jti), token, ttl_ms(expires_at, now))
+        key = redis_key(client_id, jti)
+        tag = _tag_of(key)
+        # The earliest moment it could have passed the time checks (iat may run skew ahead).
+        since = None if issued_at is None or fingerprint is not None else issued_at - clock_skew
+        self._refuse_if_reset(tag, since, clock_skew, now)  # a loss known already
+        fresh = await self.claim(key, token, ttl_ms(expires_at, now))
+        self._refuse_if_reset(tag, since, clock_skew, now)  # one this very check revealed
+        return fresh
+
+    def _refuse_if_reset(self, tag: str, since: float | None, clock_skew: float,
+                         now: float) -> None:
+        loss = self.markers.loss_time(tag)
+        if since is None or loss is None or since >= loss:
+            return
+        # A fresh assertion passes once its iat is past the loss plus the skew.
+        raise RetryLater(Reason.REPLAY_STORE_RESET, loss + clock_skew - now,
+                         f"usable from {since:.0f}, store data lost by {loss:.3f}")
 
     async def claim(self, key: str, token: str, ttl: int) -> bool:
-        """Set ``key`` to ``token`` unless present; True when absent or already ours.
+        """Set ``key`` (a ``redis_key``) to ``token`` unless present; True when absent or
+        already ours.
 
         Raises TemporarilyUnavailable as ``record`` does.
         """
@@ -151,9 +198,7 @@ class RedisReplayLedger:
                 if self._batch:
                     previous = await self._enqueue(key, token, ttl)
                 else:
-                    if self._cluster:
-                        await self.client.initialize()  # a no-op once loaded
-                    previous = await self.client.set(key, token, nx=True, px=ttl, get=True)
+                    previous = await self._alone(key, token, ttl)
         except Exception as exc:
             # Broad on purpose, as translate_redis_error says: no answer means fail closed.
             self._healthy = False
@@ -169,7 +214,7 @@ class RedisReplayLedger:
     def _enqueue(self, key: str, token: str, ttl: int) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Claim(key, token, ttl, reply))
+        self._queue.append(_Claim(key, _tag_of(key), token, ttl, reply))
         if not self._flush_scheduled:
             # Runs after every callback already due in this iteration: the requests that
             # became ready together reach this point before the batch leaves.
@@ -177,31 +222,36 @@ class RedisReplayLedger:
             loop.call_soon(self._flush)
         return reply
 
+    async def _alone(self, key: str, token: str, ttl: int) -> Any:
+        claim = _Claim(key, _tag_of(key), token, ttl, asyncio.get_running_loop().create_future())
+        await self._send([claim])
+        return claim.reply.result()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         # A caller whose budget ran out has cancelled its reply: nothing to send for it.
         due = [claim for claim in self._queue if not claim.reply.done()]
         self._queue = []
-        loop = asyncio.get_running_loop()
         for start in range(0, len(due), MAX_BATCH):
-            task = loop.create_task(self._send(due[start:start + MAX_BATCH]))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._spawn(self._send(due[start:start + MAX_BATCH]))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Claim]) -> None:
-        """One pipeline for ``batch``; every reply future is settled whatever happens."""
+        """One pipeline for ``batch`` and its markers; every reply future is settled whatever
+        happens."""
+        learnt = self.markers.learnt
+        offer = self.markers.offer(self._clock())
         try:
             # Bounded on its own too: a pipeline nobody waits for any more must not hold a
             # pooled connection on a hung server.
             async with asyncio.timeout(self._timeout):
                 if self._cluster:
                     await self.client.initialize()
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for claim in batch:
-                        pipe.set(claim.key, claim.token, nx=True, px=claim.ttl, get=True)
-                    replies: list[Any] = await pipe.execute(raise_on_error=False)
-            if len(replies) != len(batch):
-                raise RedisConnectionError(f"{len(replies)} replies to {len(batch)} commands")
+                replies, unchecked = await self._write(batch, offer, self.markers.unread)
         except asyncio.CancelledError:
             _settle(batch, RedisConnectionError("replay ledger closed"))
             raise
@@ -211,21 +261,86 @@ class RedisReplayLedger:
         for claim, reply in zip(batch, replies, strict=True):
             if claim.reply.done():
                 continue
-            # An error reply fails this check only.
-            claim.reply.set_result(_Failed(reply) if isinstance(reply, Exception) else reply)
+            # An error reply, or a marker that could not be checked, fails this check only.
+            error = reply if isinstance(reply, Exception) else unchecked.get(claim.tag)
+            claim.reply.set_result(reply if error is None else _Failed(error))
+        if self.markers.learnt != learnt:
+            self._spawn(self._sweep({claim.tag for claim in batch}, offer))
+
+    async def _write(self, batch: list[_Claim], offer: Offer, more_tags: Iterable[str] = ()
+                     ) -> tuple[list[Any], dict[str, BaseException]]:
+        """The batch's SETs, then ``SET marker offer NX GET`` for its tags and ``more_tags``,
+        in one pipeline; returns the SET replies and the tags whose marker went unchecked."""
+        tags = list(dict.fromkeys([*(claim.tag for claim in batch), *more_tags]))
+        offered = [self.markers.offered(tag, offer) for tag in tags]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for claim in batch:
+                pipe.set(claim.key, claim.token, nx=True, px=claim.ttl, get=True)
+            # After the writes: a loss that strikes between them and this is still seen.
+            for tag, value in zip(tags, offered, strict=True):
+                pipe.set(marker_key(tag), value, nx=True, get=True)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if len(replies) != len(batch) + len(tags):
+            raise RedisConnectionError(
+                f"{len(replies)} replies to {len(batch) + len(tags)} commands")
+        unchecked = await self._observe(tags, offered, replies[len(batch):], offer)
+        return replies[:len(batch)], unchecked
+
+    async def _observe(self, tags: list[str], offered: list[bytes], replies: list[Any],
+                       offer: Offer) -> dict[str, BaseException]:
+        """Take the markers found; a conflict costs one more round trip (RESOLVE_SCRIPT), only
+        after a loss. Returns the tags whose marker could not be checked, with the error."""
+        unchecked: dict[str, BaseException] = {}
+        conflicts = []
+        for tag, value, reply in zip(tags, offered, replies, strict=True):
+            if isinstance(reply, Exception):
+                unchecked[tag] = reply
+            elif not self.markers.observe(tag, value, reply):
+                conflicts.append(tag)
+        if not conflicts:
+            return unchecked
+        async with self.client.pipeline(transaction=False) as pipe:
+            for tag in conflicts:
+                pipe.eval(RESOLVE_SCRIPT, 1, marker_key(tag), self.markers.known(tag) or b"",
+                          offer.loss)
+            resolved: list[Any] = await pipe.execute(raise_on_error=False)
+        for tag, reply in zip(conflicts, resolved, strict=True):
+            if isinstance(reply, bytes):
+                self.markers.resolved(tag, reply)
+            else:
+                unchecked[tag] = reply if isinstance(reply, Exception) else RedisConnectionError(
+                    f"unexpected marker reply {reply!r}")
+        return unchecked
+
+    async def _sweep(self, done: set[str], offer: Offer) -> None:
+        """After learning a loss, check every other marker this process knows with the same
+        ``offer``, so the tags lost together share one loss time. Best effort: each tag's next
+        batch checks it anyway."""
+        tags = [tag for tag in self.markers.known_tags() if tag not in done]
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeout):
+                await self._write([], offer, tags)
 
     async def ping(self) -> bool:
-        """Ask the store now and update ``ready()``; never raises for a store problem."""
+        """Ask the store now and update ``ready()``; never raises for a store problem.
+
+        Until the markers of ``subjects`` have been read, reading them is the question.
+        """
         try:
             async with asyncio.timeout(self._timeout):
                 if self._cluster:
                     await self.client.initialize()
-                await self.client.ping()
+                if self.markers.unread:
+                    offer = self.markers.offer(self._clock())
+                    _, unchecked = await self._write([], offer, sorted(self.markers.unread))
+                    healthy = not unchecked
+                else:
+                    await self.client.ping()
+                    healthy = True
         except Exception:  # as in claim
-            self._healthy = False
-        else:
-            self._healthy = True
-        return self._healthy
+            healthy = False
+        self._healthy = healthy
+        return healthy
 
     def ready(self) -> bool:
         return self._healthy
@@ -305,9 +420,10 @@ class TieredReplayLedger:
         self.local = _RecentJtis(local_max_entries)
 
     async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
-                     fingerprint: str | None = None) -> bool:
-        """True when fresh, False for a replay; raises TemporarilyUnavailable when Redis
-        cannot answer (and then remembers nothing)."""
+                     fingerprint: str | None = None, issued_at: float | None = None,
+                     clock_skew: float = 0.0) -> bool:
+        """True when fresh, False for a replay; raises as RedisReplayLedger.record (and then
+        remembers nothing)."""
         if fingerprint is not None:
             # A re-sent assertion may be legitimate: only Redis, holding its digest, can tell.
             return await self.redis.record(client_id, jti, expires_at, now,
@@ -315,7 +431,8 @@ class TieredReplayLedger:
         key = ledger_key(client_id, jti)
         if self.local.seen(key, now):
             return False
-        fresh = await self.redis.record(client_id, jti, expires_at, now)
+        fresh = await self.redis.record(client_id, jti, expires_at, now, issued_at=issued_at,
+                                        clock_skew=clock_skew)
         self.local.remember(key, expires_at, now)
         return fresh
 
@@ -341,11 +458,13 @@ def build_redis_ledger(
     password: str | None = None, username: str | None = None,
     timeout: float = DEFAULT_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS,
     tiered: bool = True, local_max_entries: int = DEFAULT_LOCAL_MAX_ENTRIES,
-    batch: bool = True,
+    batch: bool = True, subjects: Iterable[str] = (),
+    on_reset: Callable[[], None] | None = None,
 ) -> ReplayLedger:
     """A Redis ledger for exactly one topology: ``url`` (redis://, rediss://, unix://),
     ``sentinels`` + ``sentinel_master``, or ``cluster_nodes``. Connects lazily; credentials
-    in a URL win over ``username``/``password``. ``batch`` pipelines concurrent checks.
+    in a URL win over ``username``/``password``. ``batch`` pipelines concurrent checks;
+    ``subjects`` and ``on_reset`` are RedisReplayLedger's.
 
     Raises ValueError for a missing, ambiguous or malformed topology; RedisClusterException
     for cluster arguments redis-py refuses.
@@ -389,5 +508,5 @@ def build_redis_ledger(
             startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes],
             max_connections=max_connections, **common)
     ledger = RedisReplayLedger(client, timeout=timeout, sentinels=sentinel_clients,
-                               batch=batch)
+                               batch=batch, subjects=subjects, on_reset=on_reset)
     return TieredReplayLedger(ledger, local_max_entries) if tiered else ledger

@@ -182,7 +182,8 @@ class Authenticator:
         started = clock.monotonic()
         try:
             fresh = await ledger.record(entry.subject, entry.jti, entry.expires_at, now,
-                                        fingerprint=entry.fingerprint)
+                                        fingerprint=entry.fingerprint,
+                                        issued_at=entry.issued_at, clock_skew=entry.clock_skew)
         except GatewayError:
             attempt.replay = ReplayCheck(ledger.name, "error", clock.monotonic() - started)
             raise

@@ -32,6 +32,10 @@ class ReplayEntry:
     jti: str
     expires_at: float  # epoch seconds: the assertion's exp plus the clock skew
     fingerprint: str | None = None  # set when the identical assertion may be re-sent
+    # When it was issued (iat, else exp - max_lifetime) and the skew its times were checked
+    # with: a ledger that lost its data refuses what may have been accepted before the loss.
+    issued_at: float | None = None  # None: unknown, never refused for a loss
+    clock_skew: float = 0.0
 
 
 class AssertionCredential(Protocol):
@@ -122,7 +126,12 @@ class RegisteredKeys:
         self, verified: VerifiedAssertion, assertion: str, endpoint: str
     ) -> ReplayEntry:
         # Remembered until it can no longer pass the expiry check: exp plus the skew.
-        expires_at = verified.exp + self.policies[endpoint].clock_skew
+        policy = self.policies[endpoint]
+        expires_at = verified.exp + policy.clock_skew
         fingerprint = (hashlib.sha256(assertion.encode("ascii", "replace")).hexdigest()
                        if self.allow_reuse else None)
-        return ReplayEntry(self.client_id, verified.jti, expires_at, fingerprint)
+        # Without iat, the earliest issue time the lifetime check lets through.
+        issued_at = verified.iat if verified.iat is not None else (
+            verified.exp - policy.max_lifetime)
+        return ReplayEntry(self.client_id, verified.jti, expires_at, fingerprint,
+                           issued_at=issued_at, clock_skew=policy.clock_skew)

@@ -26,12 +26,18 @@ class ReplayLedger(Protocol):
     name: str
 
     async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
-                     fingerprint: str | None = None) -> bool:
+                     fingerprint: str | None = None, issued_at: float | None = None,
+                     clock_skew: float = 0.0) -> bool:
         """Remember (client_id, jti) until ``expires_at``.
 
         Returns True when the pair was fresh, False when it was already recorded (a replay).
         With ``fingerprint`` (a digest of the whole assertion, for clients allowed to re-send
         one), a pair recorded with the same fingerprint is accepted again.
+        ``issued_at`` and ``clock_skew`` say when the assertion could first have been
+        accepted: a shared ledger that has seen its store lose data refuses an assertion
+        issued before the loss plus the skew (RetryLater, ``replay_store_reset``), since it
+        may have been accepted before; a fingerprinted one is exempt. Ledgers that cannot
+        lose data behind the gateway's back ignore them.
         Raises TemporarilyUnavailable when the ledger cannot answer: callers fail closed.
         """
         ...
@@ -92,7 +98,8 @@ class MemoryReplayLedger:
 
     A live entry is never evicted to make room: when ``max_entries`` live entries are held,
     new assertions are refused (503) until some expire. Forgetting a live jti would let a
-    replay through, which is worse than a refusal.
+    replay through, which is worse than a refusal. It lives and dies with its process: a
+    restarted process has forgotten every jti it accepted before.
     """
 
     name = "memory"
@@ -108,7 +115,9 @@ class MemoryReplayLedger:
         return len(self._keys)
 
     async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
-                     fingerprint: str | None = None) -> bool:
+                     fingerprint: str | None = None, issued_at: float | None = None,
+                     clock_skew: float = 0.0) -> bool:
+        # issued_at is not needed: this ledger and its process forget together.
         return self.record_now(ledger_key(client_id, jti), expires_at, now, fingerprint)
 
     def _forget_fingerprint(self, key: bytes) -> None:

@@ -146,7 +146,7 @@ class _RaisingClient:
 async def test_a_value_error_inside_the_client_is_not_a_client_error() -> None:
     upstream = Upstream(cast(BackendClient, _RaisingClient(ValueError("a bug"))))
     with pytest.raises(ValueError, match="a bug"):
-        await upstream.forward("POST", "/t", [], b"", request_id="r")
+        await upstream.forward("POST", "/t", "/t", [], b"", request_id="r")
 
 
 async def test_upstream_maps_real_failures_over_loopback() -> None:
@@ -156,11 +156,12 @@ async def test_upstream_maps_real_failures_over_loopback() -> None:
     upstream = Upstream(BackendClient(f"http://127.0.0.1:{port}", timeout=2.0))
     try:
         with pytest.raises(BadGateway) as refused:
-            await upstream.forward("POST", "/t", [], b"x", request_id="r")
+            await upstream.forward("POST", "/t", "/t", [], b"x", request_id="r")
         assert refused.value.reason == "backend_unreachable"
         assert isinstance(refused.value.__cause__, BackendUnavailable)
         with pytest.raises(InvalidRequest) as unsendable:
-            await upstream.forward("POST", "/t", [("X-A", "v\r\nX-B: 1")], b"x", request_id="r")
+            await upstream.forward("POST", "/t", "/t", [("X-A", "v\r\nX-B: 1")], b"x",
+                                   request_id="r")
         assert unsendable.value.reason == "unforwardable"
         assert isinstance(unsendable.value.__cause__, UnsendableRequest)
     finally:
@@ -207,7 +208,26 @@ class _FailingRedis:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
-    async def set(self, *args: object, **kwargs: object) -> Any:
+    def pipeline(self, *args: object, **kwargs: object) -> _FailingPipeline:
+        return _FailingPipeline(self.exc)
+
+
+class _FailingPipeline:
+    """Queues commands, then fails as the client does when executed."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    async def __aenter__(self) -> _FailingPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def set(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    async def execute(self, *args: object, **kwargs: object) -> Any:
         raise self.exc
 
 

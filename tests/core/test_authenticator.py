@@ -25,14 +25,16 @@ from gateway.core.errors import (
     InvalidClient,
     InvalidRequest,
     KeyMiss,
+    RetryLater,
     TemporarilyUnavailable,
     TooManyRequests,
 )
 from gateway.core.form import ASSERTION_TYPE
 from gateway.core.keyset import KeySet
 from gateway.core.keysource import KeySource, KeySourceStatus, StaticKeySource
+from gateway.core.reasons import Reason
 from gateway.core.replay import MemoryReplayLedger
-from tests.support.tokens import AUDIENCE, CLIENT_ID, NOW, Signer, make_signer
+from tests.support.tokens import AUDIENCE, CLIENT_ID, NOW, OMIT, Signer, make_signer
 
 ENDPOINT = "/oauth2/token"
 FORM = "application/x-www-form-urlencoded"
@@ -348,3 +350,46 @@ async def test_a_new_credential_kind_plugs_in_beside_the_registered_keys() -> No
     # An assertion claiming neither is judged by the first credential, which names the fault.
     error = await world.refused(body(own.assertion(iss="https://unknown.example")))
     assert error.reason == "bad_issuer"
+
+
+class IssueTimes(MemoryReplayLedger):
+    """A memory ledger that keeps what it was told of each assertion's issue time."""
+
+    def __init__(self) -> None:
+        super().__init__(1000)
+        self.told: list[tuple[float | None, float, str | None]] = []
+
+    async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
+                     fingerprint: str | None = None, issued_at: float | None = None,
+                     clock_skew: float = 0.0) -> bool:
+        self.told.append((issued_at, clock_skew, fingerprint))
+        return await super().record(client_id, jti, expires_at, now, fingerprint=fingerprint)
+
+
+@pytest.mark.parametrize(
+    ("claims", "issued_at"),
+    [({"iat": NOW - 10.5}, NOW - 10.5), ({"iat": OMIT}, NOW + 60 - 300.0)],
+    ids=["iat", "no-iat-exp-minus-max-lifetime"],
+)
+async def test_the_ledger_learns_when_the_assertion_was_issued(
+    world: World, claims: dict[str, Any], issued_at: float
+) -> None:
+    world.ledger = ledger = IssueTimes()
+    await world.run(body(world.signer.assertion(lifetime=60, **claims)))
+    assert ledger.told == [(issued_at, SKEW, None)]
+
+
+async def test_a_ledger_that_lost_its_data_answers_retry_later(world: World) -> None:
+    class Forgetful(MemoryReplayLedger):
+        async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
+                         fingerprint: str | None = None, issued_at: float | None = None,
+                         clock_skew: float = 0.0) -> bool:
+            raise RetryLater(Reason.REPLAY_STORE_RESET, 0.5, "lost")
+
+    world.ledger = Forgetful(10)
+    error = await world.refused(body(world.signer.assertion()))
+    assert isinstance(error, RetryLater) and isinstance(error, TemporarilyUnavailable)
+    assert (error.status, error.code, error.reason) == (
+        503, "temporarily_unavailable", "replay_store_reset")
+    assert error.attempt is not None and error.attempt.replay is not None
+    assert error.attempt.replay.result == "error"

@@ -36,6 +36,7 @@ METRICS = {
     "pkjwt_verification_seconds": "histogram",
     "pkjwt_replay_checks_total": "counter",
     "pkjwt_replay_check_seconds": "histogram",
+    "pkjwt_replay_ledger_resets_total": "counter",
     "pkjwt_jwks_fetch_total": "counter",
     "pkjwt_jwks_keys": "gauge",
     "pkjwt_jwks_last_success_timestamp_seconds": "gauge",

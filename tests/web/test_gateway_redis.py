@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
+from gateway.adapters.replay_redis import TieredReplayLedger
 from tests.conftest import (
     ASSERTION_TYPE,
     ISSUER,
@@ -128,17 +130,33 @@ async def expect_readiness(admin: Admin, ready: bool) -> None:
 
 
 async def test_a_killed_redis_is_a_503_and_a_restarted_one_is_used_again(
-    redis_gateway: tuple[Running, Admin, Server], backend: Backend,
+    start_gateway: GatewayFactory, servers: Servers, backend: Backend,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
 ) -> None:
-    gw, admin, redis_server = redis_gateway
+    redis_server = servers.start()
+    gw = await start_gateway(client="clock_skew: 1s",
+                             extra=replay_yaml(f'redis_url: "{redis_server.url}"'))
+    admin = Admin(await aiohttp_server(gw.gateway.admin))
     await accepted_once(gw, backend)
     await expect_readiness(admin, True)
     redis_server.kill()
     await refused_within_budget(gw, backend)
     await expect_readiness(admin, False)
-    redis_server.start()  # same port, empty
-    await accepted_once(gw, backend)
+    redis_server.start()  # same port, empty: the ledger notices it forgot
+    before = len(backend.seen)
+    status, headers, body = await gw.post(token_form(assertion(gw.signer)[0]))
+    assert (status, body["error"]) == (503, "temporarily_unavailable"), body
+    assert gw.audit_lines()[-1]["reason"] == "replay_store_reset"
+    assert int(headers["Retry-After"]) >= 1 and len(backend.seen) == before
     await expect_readiness(admin, True)
+    # Assertions issued once the skew has passed after the loss are accepted (whole seconds:
+    # the helper's iat is an integer).
+    ledger = gw.gateway.ledger
+    assert isinstance(ledger, TieredReplayLedger)
+    loss = ledger.redis.markers.loss_time(CLIENT)
+    assert loss is not None
+    await asyncio.sleep(max(0.0, math.ceil(loss + 1) - time.time()))
+    await accepted_once(gw, backend)
 
 
 async def test_a_frozen_redis_is_a_503_within_the_budget_and_recovers(
