@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 from multidict import CIMultiDict
 
 from gateway.config.settings import parse_settings
@@ -146,9 +146,40 @@ clients:
 GatewayFactory = Callable[..., Awaitable[Running]]
 
 
+class GatewayServer(BaseTestServer):
+    """The gateway's public listener on a loopback port, as aiohttp's TestServer serves apps."""
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        self.gateway = gateway
+        super().__init__(**kwargs)
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return self.gateway.public_runner(**kwargs)
+
+
+GatewayStarter = Callable[[Gateway], Awaitable[GatewayServer]]
+
+
+@pytest.fixture
+async def gateway_server() -> AsyncIterator[GatewayStarter]:
+    """Start gateways' public listeners (started and stopped with their gateway)."""
+    servers: list[GatewayServer] = []
+
+    async def start(gateway: Gateway) -> GatewayServer:
+        server = GatewayServer(gateway)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
 @pytest.fixture
 async def start_gateway(
-    backend: Backend, aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path
+    backend: Backend, aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path,
+    gateway_server: GatewayStarter,
 ) -> GatewayFactory:
     """Start a gateway for one ES256 client (or the signer given) with YAML tweaks."""
 
@@ -160,7 +191,7 @@ async def start_gateway(
         settings = parse_settings(text, base_dir=tmp_path, env={"CI_SECRET": BACKEND_SECRET})
         audit = io.StringIO()
         gateway = create_gateway(settings, audit_stream=audit)
-        server = await aiohttp_server(gateway.public)
+        server = await gateway_server(gateway)
         return Running(gateway, server, audit, signer, yaml.get("client_id", "ci-pipeline"))
 
     return start

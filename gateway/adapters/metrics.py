@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,9 +23,6 @@ BACKEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 UNKNOWN_CLIENT = "unknown"
 # Where worker processes keep their metric files (prometheus-client multiprocess mode).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# Seconds between flushes of the request path's counts: how stale a worker's share of a
-# multiprocess scrape may be (a single process flushes before every scrape as well).
-FLUSH_INTERVAL = 1.0
 FETCH_SUCCESS = frozenset({"ok", "not_modified"})
 
 
@@ -50,6 +48,12 @@ class GatewayMetrics:
         self.replay_check_seconds = Histogram(
             "pkjwt_replay_check_seconds", "Time of one replay ledger check, failures included.",
             ("store",), buckets=REPLAY_CHECK_BUCKETS, registry=r)
+        # Counted off the request path, by the ledger, when it learns of a loss (no labels:
+        # present at 0 from the start).
+        self.replay_ledger_resets = Counter(
+            "pkjwt_replay_ledger_resets_total",
+            "Losses of the shared replay ledger's data (restart, flush, failover) learnt of.",
+            registry=r)
         self.jwks_fetch = Counter(
             "pkjwt_jwks_fetch_total", "Remote JWKS fetches.", ("client", "result"), registry=r)
         # Gauges say how worker processes combine under multiprocess mode.
@@ -81,6 +85,7 @@ class GatewayMetrics:
         # children are looked up once and kept.
         self._children: dict[tuple[object, ...], Any] = {}
         self.tally = RequestTally()
+        self._flush_pending = False
         # Requests being handled now, read at each flush (the shell sets it).
         self.in_flight_source: Callable[[], int] | None = None
 
@@ -96,11 +101,15 @@ class GatewayMetrics:
         if result in FETCH_SUCCESS:
             self._child(self.jwks_last_success, client).set(time.time())
 
-    # The request path: plain counts in the tally, moved into the metrics by flush().
+    # The request path: plain counts in the tally, moved into the metrics at the end of the
+    # event-loop iteration (one flush for a whole burst of requests), before every scrape
+    # and at shutdown. With worker processes, a scrape of any of them then sees them all.
 
     def count_auth(self, client: str, endpoint: str, result: str, reason: str,
                    method: str = "private_key_jwt") -> None:
         self.tally.count((self.client_auth, client, endpoint, result, reason, method))
+        if not self._flush_pending:
+            self._flush_soon()
 
     def observe_verification(self, seconds: float) -> None:
         self.tally.observe((self.verification_seconds,), VERIFICATION_BUCKETS, seconds)
@@ -116,9 +125,20 @@ class GatewayMetrics:
         tally = self.tally
         tally.count((self.backend_requests, endpoint, outcome))
         tally.observe((self.backend_seconds, endpoint), BACKEND_BUCKETS, seconds)
+        if not self._flush_pending:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside a loop (a CLI verb, a test): flushed when read
+            return
+        self._flush_pending = True
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Hand what the request path counted to prometheus_client (and the in-flight gauge)."""
+        self._flush_pending = False
         counts, histograms = self.tally.drain()
         for (metric, *labels), count in counts.items():
             self._child(metric, *labels).inc(count)

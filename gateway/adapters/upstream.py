@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from time import perf_counter
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -14,6 +15,7 @@ from gateway.adapters.backend_client import (
     BackendUnavailable,
     UnsendableRequest,
 )
+from gateway.adapters.metrics import GatewayMetrics, status_class
 from gateway.config.settings import BackendSettings
 from gateway.core.errors import BadGateway, GatewayError, GatewayTimeout, InvalidRequest
 from gateway.core.reasons import Reason
@@ -57,7 +59,7 @@ def skipped_request_headers(extra: Iterable[str] = ()) -> frozenset[str]:
 
 
 def forwarded_request_headers(
-    request: web.Request, *, skip: frozenset[str], request_id: str
+    request: web.BaseRequest, *, skip: frozenset[str], request_id: str
 ) -> list[tuple[str, str]]:
     """The inbound headers minus ``skip`` and Connection-named ones, plus X-Forwarded-*."""
     inbound = request.headers
@@ -94,26 +96,35 @@ class Upstream:
     holding unbounded memory or a client connection open.
     """
 
-    def __init__(self, client: BackendClient) -> None:
+    def __init__(self, client: BackendClient, metrics: GatewayMetrics | None = None) -> None:
         self._client = client
+        self._metrics = metrics
 
     async def forward(
-        self, method: str, path_qs: str, headers: list[tuple[str, str]], body: bytes,
-        *, request_id: str,
+        self, method: str, endpoint: str, path_qs: str, headers: list[tuple[str, str]],
+        body: bytes, *, request_id: str,
     ) -> tuple[web.Response, int]:
-        """Send one request and build the relayed answer; returns it with the backend status.
+        """Send one request on the path as matched (the raw query string kept as it came),
+        count it under ``endpoint``, and build the relayed answer with the backend status.
 
         Raises BadGateway when the backend refuses, drops the connection or answers with
         something that is not HTTP; GatewayTimeout when it does not answer in time;
         InvalidRequest when the request cannot be sent safely (see gateway_error_for).
         """
+        metrics = self._metrics
+        started = perf_counter()
         try:
             reply = await self._client.request(method, path_qs, headers, body)
         except _CAUGHT as exc:
+            if metrics is not None:
+                metrics.observe_backend(endpoint, "error", perf_counter() - started)
             error = gateway_error_for(exc)
             if error is None:  # not reached: _CAUGHT is the table's own first column
                 raise
             raise error from exc
+        if metrics is not None:
+            metrics.observe_backend(endpoint, status_class(reply.status),
+                                    perf_counter() - started)
         response = web.Response(status=reply.status, reason=reply.reason or None,
                                 headers=_reply_headers(reply, request_id), body=reply.body)
         return response, reply.status
@@ -122,7 +133,7 @@ class Upstream:
         await self._client.close()
 
 
-def new_upstream(settings: BackendSettings) -> Upstream:
+def new_upstream(settings: BackendSettings, metrics: GatewayMetrics | None = None) -> Upstream:
     """The backend connection pool for the settings (created inside the running loop)."""
     return Upstream(BackendClient(settings.url, timeout=settings.timeout,
-                                  keepalive=DEFAULT_BACKEND_KEEPALIVE))
+                                  keepalive=DEFAULT_BACKEND_KEEPALIVE), metrics)

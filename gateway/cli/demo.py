@@ -45,8 +45,8 @@ def legacy_idp(client_id: str, secret: str) -> web.Application:
     return app
 
 
-async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
+async def _start(app: web.Application | web.BaseRunner) -> tuple[web.BaseRunner, int]:
+    runner = app if isinstance(app, web.BaseRunner) else web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port: int = runner.addresses[0][1]
@@ -76,7 +76,7 @@ async def _demo(say: Callable[[str], None]) -> int:
                                   env={"DEMO_BACKEND_SECRET": backend_secret})
     audit = io.StringIO()
     gateway = create_gateway(settings, audit_stream=audit)
-    public, public_port = await _start(gateway.public)
+    public, public_port = await _start(gateway.public_runner(access_log=None))
     admin, admin_port = await _start(gateway.admin)
     url = f"http://127.0.0.1:{public_port}/oauth2/token"
     try:

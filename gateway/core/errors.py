@@ -7,11 +7,13 @@
     │   ├── KeyMiss                                       no registered key verified it
     │   └── UnsupportedAuthMethod                         a shared secret, not an assertion
     ├── TemporarilyUnavailable        temporarily_unavailable 503  ledger or key source down
+    │   └── RetryLater                                    known when to retry (Retry-After)
     ├── TooManyRequests               temporarily_unavailable 429  failed attempts, slow down
     ├── BadGateway                    bad_gateway       502  backend refused or unreachable
     ├── GatewayTimeout                gateway_timeout   504  backend too slow
     ├── NotFound                      not_found         404  no such route
     ├── MethodNotAllowed              invalid_request   405  only POST reaches an endpoint
+    ├── ExpectationFailed             invalid_request   417  an Expect other than 100-continue
     └── ServerError                   server_error      500  anything unexpected (opaque)
 
 The public ``description`` is fixed per class, so a caller cannot tell which
@@ -78,6 +80,14 @@ class TemporarilyUnavailable(GatewayError):
     description = "The service is temporarily unable to handle the request."
 
 
+class RetryLater(TemporarilyUnavailable):
+    """Unavailable for a known while: ``retry_after`` seconds (a fresh request then succeeds)."""
+
+    def __init__(self, reason: Reason, retry_after: float, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.retry_after = retry_after
+
+
 class TooManyRequests(GatewayError):
     """Too many failed authentications from one client or address: try again later."""
 
@@ -106,6 +116,12 @@ class NotFound(GatewayError):
     code = "not_found"
     status = 404
     description = "The requested resource does not exist."
+
+
+class ExpectationFailed(GatewayError):
+    code = "invalid_request"
+    status = 417
+    description = "The request's expectation cannot be met."
 
 
 class MethodNotAllowed(GatewayError):

@@ -14,6 +14,7 @@ class Reason(StrEnum):
     LEGACY_SECRET = "legacy_secret"  # a shared secret let through in migration mode
     # The envelope (400, 405).
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNKNOWN_EXPECTATION = "unknown_expectation"
     BAD_CONTENT_TYPE = "bad_content_type"
     CONTENT_ENCODING = "content_encoding"
     BAD_TRANSFER_ENCODING = "bad_transfer_encoding"
@@ -63,6 +64,7 @@ class Reason(StrEnum):
     KEYS_UNAVAILABLE = "keys_unavailable"
     REPLAY_STORE_FULL = "replay_store_full"
     REPLAY_STORE_UNAVAILABLE = "replay_store_unavailable"
+    REPLAY_STORE_RESET = "replay_store_reset"  # issued before the shared ledger lost its data
     # The backend, after an accepted authentication (502, 504): the audit's backend_error.
     BACKEND_UNREACHABLE = "backend_unreachable"
     BACKEND_TIMEOUT = "backend_timeout"

@@ -1,4 +1,4 @@
-"""The aiohttp applications (public and admin), their resources, lifecycles and live reload."""
+"""The gateway process: the public listener and the admin app, their lifecycles, reload."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import aiohttp
 from aiohttp import web
@@ -29,23 +28,13 @@ from gateway.adapters.assemble import (
 )
 from gateway.adapters.audit import AuditLog
 from gateway.adapters.jwks_fetch import new_jwks_session
-from gateway.adapters.metrics import FLUSH_INTERVAL, MULTIPROC_ENV, GatewayMetrics
+from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
 from gateway.adapters.upstream import new_upstream
 from gateway.config.errors import ConfigError
 from gateway.config.settings import JwksFetchSettings, Settings, load_settings
 from gateway.core.replay import ReplayLedger
-from gateway.web.handlers import dispatch
-from gateway.web.state import (
-    AUDIT,
-    AUTHENTICATOR,
-    GUARDS,
-    LEDGER,
-    METRICS,
-    RUNTIME,
-    UPSTREAM,
-    Guards,
-    new_authenticator,
-)
+from gateway.web.handlers import PublicHandler
+from gateway.web.state import Guards, new_authenticator
 from gateway.web.tls import load_certificate, new_server_context
 
 log = logging.getLogger("gateway")
@@ -67,7 +56,7 @@ class Gateway:
         config_path: Path | None = None,
         supervised: bool = False,
     ) -> None:
-        """Build both applications; resources are opened on startup and closed on cleanup.
+        """Build both listeners' handlers; resources are opened by start() and closed by stop().
 
         Raises ConfigError when a key set or the TLS files cannot be loaded, ValueError for
         an inconsistent replay store.
@@ -75,8 +64,9 @@ class Gateway:
         # Validate every key set before anything starts; remote sets are created on startup,
         # inside the running loop that their HTTP session needs.
         self.slot = RuntimeSlot(build_runtime(settings))
-        self.ledger = ledger if ledger is not None else build_ledger(settings)
         self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.ledger = ledger if ledger is not None else build_ledger(
+            settings, on_reset=self.metrics.replay_ledger_resets.inc)
         self.config_path = config_path
         self.supervised = supervised  # a worker of `serve --workers N`
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests finish
@@ -85,64 +75,47 @@ class Gateway:
         self.tls_context = new_server_context(tls) if tls is not None else None
         self._reload_lock = asyncio.Lock()
         self._jwks: tuple[JwksFetchSettings, aiohttp.ClientSession] | None = None
-        self.public = self._public_app(settings, audit_stream)
+        limits = settings.limits
+        guards = Guards(limits)
+        self.metrics.in_flight_source = lambda: guards.in_flight
+        self.handler = PublicHandler(self.slot, guards, new_authenticator(limits, self.ledger),
+                                     self.metrics, AuditLog(audit_stream))
+        # The public listener's HTTP/1.1 server settings: request framing and limits.
+        self.server_args: dict[str, Any] = {
+            "auto_decompress": False, "max_line_size": limits.max_line_size,
+            "max_field_size": limits.max_header_size, "max_headers": limits.max_headers,
+            "keepalive_timeout": limits.keepalive_timeout}
         self.admin = create_admin_app(self)
 
     @property
     def runtime(self) -> Runtime:
         return self.slot.current
 
-    def _public_app(self, settings: Settings, audit_stream: TextIO | None) -> web.Application:
-        limits = settings.limits
-        app = web.Application(client_max_size=1024 * 1024, handler_args={
-            "auto_decompress": False, "max_line_size": limits.max_line_size,
-            "max_field_size": limits.max_header_size, "max_headers": limits.max_headers,
-            "keepalive_timeout": limits.keepalive_timeout})
-        app[GUARDS] = guards = Guards(limits)
-        self.metrics.in_flight_source = lambda: guards.in_flight
-        app[AUTHENTICATOR] = new_authenticator(limits, self.ledger)
-        app[RUNTIME] = self.slot
-        app[LEDGER] = self.ledger
-        app[METRICS] = self.metrics
-        app[AUDIT] = AuditLog(audit_stream)
+    async def start(self) -> None:
+        """Open what serving needs: the backend pool, key sources, the ledger, metrics flushes.
 
-        async def backend_pool(app: web.Application) -> AsyncIterator[None]:
-            upstream = new_upstream(settings.backend)
-            app[UPSTREAM] = upstream
-            yield
-            await upstream.close()
+        Called by PublicRunner inside the running loop, before the listener accepts.
+        """
+        self.handler.upstream = new_upstream(self.slot.current.settings.backend, self.metrics)
+        await self._install(self.slot.current.settings)
+        if not await self.ledger.ping():
+            log.warning("replay ledger (%s) not reachable at start-up: requests get 503 "
+                        "until it is", self.ledger.name)
 
-        async def key_sources(_: web.Application) -> AsyncIterator[None]:
-            await self._install(self.slot.current.settings)
-            yield
-            await self._close()
+    async def stop(self) -> None:
+        """Close what start() opened, in reverse, once requests in flight have finished."""
+        self.metrics.flush()  # what the last requests counted
+        await self.ledger.close()
+        await self._close()
+        if self.handler.upstream is not None:
+            await self.handler.upstream.close()
 
-        async def ledger_lifecycle(_: web.Application) -> AsyncIterator[None]:
-            if not await self.ledger.ping():
-                log.warning("replay ledger (%s) not reachable at start-up: requests get 503 "
-                            "until it is", self.ledger.name)
-            yield
-            await self.ledger.close()
+    def public_runner(self, **kwargs: Any) -> PublicRunner:
+        """A runner for the public listener (aiohttp's low-level server, this gateway's handler).
 
-        async def metrics_flush(_: web.Application) -> AsyncIterator[None]:
-            task = asyncio.create_task(self._flush_metrics(), name="metrics-flush")
-            yield
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            self.metrics.flush()  # what the last requests counted
-
-        app.cleanup_ctx.extend([backend_pool, key_sources, ledger_lifecycle, metrics_flush])
-        app.router.add_route("*", "/{tail:.*}", dispatch)
-        return app
-
-    async def _flush_metrics(self) -> None:
-        """Move the request path's counts into the metrics every FLUSH_INTERVAL seconds."""
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            try:
-                self.metrics.flush()
-            except Exception:  # metrics must never stop the gateway
-                log.exception("flushing metrics failed")
+        ``kwargs`` go to aiohttp's runner and server (access_log, shutdown_timeout, ...).
+        """
+        return PublicRunner(self, **kwargs)
 
     def _hooks(self, session: aiohttp.ClientSession) -> RemoteKeys:
         metrics = self.metrics
@@ -212,6 +185,28 @@ class Gateway:
         if ignored:
             log.warning("reload: changes to %s take effect after a restart", ", ".join(ignored))
         log.info("reload: %d client(s) in force", len(self.slot.current.clients))
+
+
+class PublicRunner(web.BaseRunner):
+    """Runs the public listener on aiohttp's low-level server (no router, no middlewares).
+
+    Setting up starts the gateway (pool, key sources, ledger); cleaning up stops accepting,
+    gives requests in flight ``shutdown_timeout`` to finish, then stops the gateway.
+    """
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._gateway = gateway
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def _make_server(self) -> web.Server:
+        await self._gateway.start()
+        return web.Server(self._gateway.handler, **self._gateway.server_args, **self._kwargs)
+
+    async def _cleanup_server(self) -> None:
+        await self._gateway.stop()
 
 
 # The factory the CLI, the demo and the tests call.

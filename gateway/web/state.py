@@ -1,15 +1,9 @@
-"""Typed keys of the application state shared by the app factory and the handlers."""
+"""What the public handler keeps between requests: the limits, the load, the brakes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiohttp import web
-
-from gateway.adapters.assemble import RuntimeSlot
-from gateway.adapters.audit import AuditLog
-from gateway.adapters.metrics import GatewayMetrics
-from gateway.adapters.upstream import Upstream
 from gateway.config.settings import LimitSettings
 from gateway.core.authenticator import Authenticator, Brakes
 from gateway.core.brakes import FailureLimiter
@@ -33,12 +27,3 @@ def brakes_for(limits: LimitSettings) -> Brakes:
 
 def new_authenticator(limits: LimitSettings, ledger: ReplayLedger) -> Authenticator:
     return Authenticator(ledger, brakes_for(limits), max_body=limits.max_body_bytes)
-
-
-RUNTIME = web.AppKey("runtime", RuntimeSlot)
-GUARDS = web.AppKey("guards", Guards)
-AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
-LEDGER = web.AppKey("ledger", ReplayLedger)
-METRICS = web.AppKey("metrics", GatewayMetrics)
-AUDIT = web.AppKey("audit", AuditLog)
-UPSTREAM = web.AppKey("upstream", Upstream)

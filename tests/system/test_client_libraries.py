@@ -340,7 +340,7 @@ async def start_https_gateway(
                                       env={"CI_SECRET": BACKEND_SECRET})
             audit = io.StringIO()
             gateway = create_gateway(settings, audit_stream=audit)
-            runner = web.AppRunner(gateway.public, access_log=None)
+            runner = gateway.public_runner(access_log=None)
             await runner.setup()
             https = HttpsGateway(base, str(tmp_path / "ca.pem"), backend, audit)
             started.append((https, runner))

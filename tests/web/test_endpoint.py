@@ -123,6 +123,16 @@ async def test_expect_100_continue_is_answered_here_not_forwarded(
     assert "Expect" not in backend.seen[0].headers
 
 
+async def test_an_expectation_other_than_continue_is_refused_unforwarded(
+    gw: Running, backend: Backend
+) -> None:
+    status, headers, body = await gw.post(gw.form(token(gw.signer)),
+                                          headers={"Expect": "101-switcheroo"})
+    assert (status, body["error"]) == (417, "invalid_request")
+    assert headers["Cache-Control"] == "no-store"
+    assert gw.audit_lines() == [] and backend.seen == []
+
+
 async def test_backend_errors_are_relayed_as_they_are(gw: Running, backend: Backend) -> None:
     backend.status, backend.body = 400, b'{"error":"invalid_scope"}'
     status, _, body = await gw.post(gw.form(token(gw.signer)))

@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
-from aiohttp import web
 
 from gateway.config.settings import parse_settings
 from gateway.core.brakes import FailureLimiter
@@ -165,7 +164,7 @@ async def test_connections_over_the_cap_get_503_and_are_closed(
     gateway = create_gateway(parse_settings(
         gateway_yaml(backend.url, {"keys": [make_signer("ES256").public_jwk]}),
         base_dir=tmp_path, env={"CI_SECRET": "cap-test-secret"}), audit_stream=io.StringIO())
-    runner = web.AppRunner(gateway.public, access_log=None)
+    runner = gateway.public_runner(access_log=None)
     await runner.setup()
     site = CappedSite(runner, "127.0.0.1", 0, max_connections=2)
     await site.start()

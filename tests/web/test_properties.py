@@ -73,7 +73,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         config = parse_settings(text, base_dir=Path(tmp_path_factory.mktemp("props")),
                                 env={"CI_SECRET": "property-test-secret"})
         gateway = create_gateway(config, audit_stream=io.StringIO())
-        runner = web.AppRunner(gateway.public, access_log=None)
+        runner = gateway.public_runner(access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         ports["gateway"] = runner.addresses[0][1]

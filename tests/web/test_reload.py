@@ -17,7 +17,14 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config.settings import load_settings
 from gateway.web.app import Gateway, create_gateway
-from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, Backend, gateway_yaml
+from tests.conftest import (
+    ASSERTION_TYPE,
+    ISSUER,
+    TOKEN_PATH,
+    Backend,
+    GatewayStarter,
+    gateway_yaml,
+)
 from tests.support.tokens import Signer, make_signer
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -62,14 +69,14 @@ class Live:
 @pytest.fixture
 async def live(
     backend: Backend, aiohttp_server: ServerFactory, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, gateway_server: GatewayStarter,
 ) -> Live:
     monkeypatch.setenv("CI_SECRET", "reload-test-secret")
     path = tmp_path / "gateway.yaml"
     signer = make_signer("ES256")
     path.write_text(gateway_yaml(backend.url, {"keys": [signer.public_jwk]}))
     gateway = create_gateway(load_settings(path), audit_stream=io.StringIO(), config_path=path)
-    public = await aiohttp_server(gateway.public)
+    public = await gateway_server(gateway)
     admin = await aiohttp_server(gateway.admin)
     return Live(gateway, public, admin, path, backend)
 
@@ -122,7 +129,7 @@ async def test_in_flight_requests_finish_on_the_old_configuration(live: Live) ->
 
 async def test_reload_rereads_a_jwks_file(
     backend: Backend, aiohttp_server: ServerFactory, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, gateway_server: GatewayStarter,
 ) -> None:
     monkeypatch.setenv("CI_SECRET", "reload-test-secret")
     old, new = make_signer("ES256", kid="old"), make_signer("ES256", kid="new", slot=1)
@@ -133,7 +140,7 @@ async def test_reload_rereads_a_jwks_file(
                                  extra="\n  partner:\n    jwks_file: partner.jwks.json\n"
                                        "    backend_auth: {method: none}\n"))
     gateway = create_gateway(load_settings(path), audit_stream=io.StringIO(), config_path=path)
-    live = Live(gateway, await aiohttp_server(gateway.public),
+    live = Live(gateway, await gateway_server(gateway),
                 await aiohttp_server(gateway.admin), path, backend)
     assert await live.token(old, "partner") == 200
     keys.write_text(json.dumps({"keys": [new.public_jwk]}))  # rotated on disk

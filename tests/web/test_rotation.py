@@ -19,7 +19,14 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config.settings import load_settings
 from gateway.web.app import Gateway, create_gateway
-from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, Backend, gateway_yaml
+from tests.conftest import (
+    ASSERTION_TYPE,
+    ISSUER,
+    TOKEN_PATH,
+    Backend,
+    GatewayStarter,
+    gateway_yaml,
+)
 from tests.support.jwks_server import JwksServer, start_jwks_server
 from tests.support.tokens import Signer, make_signer
 
@@ -68,7 +75,7 @@ class Live:
 @pytest.fixture
 async def start(
     backend: Backend, aiohttp_server: ServerFactory, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, gateway_server: GatewayStarter,
 ) -> Callable[..., Awaitable[Live]]:
     monkeypatch.setenv("CI_SECRET", "rotation-test-secret")
 
@@ -77,7 +84,7 @@ async def start(
         path.write_text(partner_yaml(backend.url, jwks.url(), fetch))
         gateway = create_gateway(load_settings(path), audit_stream=io.StringIO(),
                                  config_path=path)
-        live = Live(gateway, await aiohttp_server(gateway.public),
+        live = Live(gateway, await gateway_server(gateway),
                     await aiohttp_server(gateway.admin), path)
         if wait:
             await live.settled()

@@ -48,7 +48,7 @@ async def test_https_listener_serves_and_reload_swaps_the_certificate(
         "\nlisten: {tls: {cert_file: gateway.crt, key_file: gateway.key}}\n")))
     gateway = create_gateway(load_settings(config), audit_stream=io.StringIO(),
                              config_path=config)
-    runner = web.AppRunner(gateway.public, access_log=None)
+    runner = gateway.public_runner(access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=gateway.tls_context).start()
     port = runner.addresses[0][1]
