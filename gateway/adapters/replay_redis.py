@@ -15,7 +15,8 @@ Checks made in the same event-loop iteration travel together in one pipeline (no
 each SET stays atomic on its own). A pipeline costs one connection, one write and one
 read however many checks it carries, where redis-py spends ~100-150 µs of CPU on each
 lone command. A batch that cannot be sent fails every check in it; an error reply fails
-only its own check; each caller keeps its own budget.
+only its own check. One deadline bounds each batch (replay.timeout from when it leaves,
+one loop iteration after its checks were made) and settles every check it carries.
 
 Data loss (restart without persistence, FLUSHALL, failover to a replica that missed writes):
 each batch also checks the epoch marker of its tags (``replay_marker``). Once a loss is
@@ -194,10 +195,12 @@ class RedisReplayLedger:
         """
         previous: Any
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._batch:
-                    previous = await self._enqueue(key, token, ttl)
-                else:
+            if self._batch:
+                # No timeout object per check: the batch's one deadline (in _send) settles
+                # every reply it carries, answered or not.
+                previous = await self._enqueue(key, token, ttl)
+            else:
+                async with asyncio.timeout(self._timeout):
                     previous = await self._alone(key, token, ttl)
         except Exception as exc:
             # Broad on purpose, as translate_redis_error says: no answer means fail closed.
@@ -229,7 +232,7 @@ class RedisReplayLedger:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        # A caller whose budget ran out has cancelled its reply: nothing to send for it.
+        # A caller cancelled meanwhile (its request went away): nothing to send for it.
         due = [claim for claim in self._queue if not claim.reply.done()]
         self._queue = []
         for start in range(0, len(due), MAX_BATCH):
