@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from gateway.adapters.redis_topology import build_redis_ledger
 from gateway.adapters.remote_keys import RemoteKeySource
-from gateway.adapters.replay_redis import build_redis_ledger
 from gateway.config.errors import ConfigError
 from gateway.config.settings import Settings
 from gateway.config.yaml_dialect import join_path

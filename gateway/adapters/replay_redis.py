@@ -37,11 +37,8 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     ChildDeadlockedError,
     IncorrectPolicyType,
@@ -53,13 +50,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.adapters.replay_marker import RESOLVE_SCRIPT, EpochMarkers, Offer, marker_key
 from gateway.core.errors import RetryLater, TemporarilyUnavailable
 from gateway.core.reasons import Reason
-from gateway.core.replay import ExpiringKeys, ReplayLedger, ledger_key
 
 KEY_PREFIX = "pkjwt:jti:"
 MIN_TTL_MS = 1000
 DEFAULT_TIMEOUT = 0.25
 DEFAULT_MAX_CONNECTIONS = 64
-DEFAULT_LOCAL_MAX_ENTRIES = 100_000
 SOCKET_TIMEOUT = 0.2
 MAX_BATCH = 128  # checks per pipeline; a larger burst goes out as several pipelines
 _PLAIN_CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]+")
@@ -377,139 +372,3 @@ def translate_redis_error(exc: BaseException) -> TemporarilyUnavailable:
     if not isinstance(exc, STORE_FAILURES):
         detail = f"unexpected {detail}"
     return TemporarilyUnavailable(Reason.REPLAY_STORE_UNAVAILABLE, detail[:200])
-
-
-class _RecentJtis:
-    """Keys this process saw recently, until their expiry; bounded, a cache only.
-
-    When full it simply stops remembering: Redis still holds every entry, so forgetting
-    here costs a round trip, never a replay.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self._max_entries = max_entries
-        self._keys = ExpiringKeys()
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def seen(self, key: bytes, now: float) -> bool:
-        return self._keys.live(key, now)
-
-    def remember(self, key: bytes, expires_at: float, now: float) -> None:
-        self._keys.purge(now)
-        if expires_at > now and len(self._keys) < self._max_entries:
-            self._keys.add(key, expires_at)
-
-    def clear(self) -> None:
-        self._keys.clear()
-
-
-class TieredReplayLedger:
-    """A local tier answers replays this process already knows; Redis decides the rest.
-
-    The local tier is only written after Redis answered, so a Redis failure never leaves an
-    entry that would later refuse a legitimate retry. Replays Redis reports are remembered
-    too: a flood of one captured assertion costs no round trips.
-    """
-
-    name = "tiered"
-
-    def __init__(self, redis: RedisReplayLedger,
-                 local_max_entries: int = DEFAULT_LOCAL_MAX_ENTRIES) -> None:
-        if local_max_entries < 1:
-            raise ValueError("local_max_entries must be positive")
-        self.redis = redis
-        self.local = _RecentJtis(local_max_entries)
-
-    async def record(self, client_id: str, jti: str, expires_at: float, now: float, *,
-                     fingerprint: str | None = None, issued_at: float | None = None,
-                     clock_skew: float = 0.0) -> bool:
-        """True when fresh, False for a replay; raises as RedisReplayLedger.record (and then
-        remembers nothing)."""
-        if fingerprint is not None:
-            # A re-sent assertion may be legitimate: only Redis, holding its digest, can tell.
-            return await self.redis.record(client_id, jti, expires_at, now,
-                                           fingerprint=fingerprint)
-        key = ledger_key(client_id, jti)
-        if self.local.seen(key, now):
-            return False
-        fresh = await self.redis.record(client_id, jti, expires_at, now, issued_at=issued_at,
-                                        clock_skew=clock_skew)
-        self.local.remember(key, expires_at, now)
-        return fresh
-
-    async def ping(self) -> bool:
-        """As RedisReplayLedger.ping."""
-        return await self.redis.ping()
-
-    def ready(self) -> bool:
-        return self.redis.ready()
-
-    async def close(self) -> None:
-        self.local.clear()
-        await self.redis.close()
-
-
-class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
-    """Sentinel master discovery with a pool that queues (bounded) instead of failing at once."""
-
-
-def build_redis_ledger(
-    *, url: str | None = None, sentinels: list[tuple[str, int]] | None = None,
-    sentinel_master: str | None = None, cluster_nodes: list[tuple[str, int]] | None = None,
-    password: str | None = None, username: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    tiered: bool = True, local_max_entries: int = DEFAULT_LOCAL_MAX_ENTRIES,
-    batch: bool = True, subjects: Iterable[str] = (),
-    on_reset: Callable[[], None] | None = None,
-) -> ReplayLedger:
-    """A Redis ledger for exactly one topology: ``url`` (redis://, rediss://, unix://),
-    ``sentinels`` + ``sentinel_master``, or ``cluster_nodes``. Connects lazily; credentials
-    in a URL win over ``username``/``password``. ``batch`` pipelines concurrent checks;
-    ``subjects`` and ``on_reset`` are RedisReplayLedger's.
-
-    Raises ValueError for a missing, ambiguous or malformed topology; RedisClusterException
-    for cluster arguments redis-py refuses.
-    """
-    if [url is not None, sentinels is not None, cluster_nodes is not None].count(True) != 1:
-        raise ValueError("give exactly one of url, sentinels, cluster_nodes")
-    if max_connections < 1 or timeout <= 0:
-        raise ValueError("max_connections and timeout must be positive")
-    # redis-py defaults (5 s socket timeouts, 10 retries) would hold a request for up to a
-    # minute on a hung Redis; one immediate retry is enough to survive a dropped connection.
-    common: dict[str, Any] = {
-        "socket_connect_timeout": min(SOCKET_TIMEOUT, timeout),
-        "socket_timeout": min(SOCKET_TIMEOUT, timeout), "retry": Retry(NoBackoff(), 1)}
-    if username is not None:
-        common["username"] = username
-    if password is not None:
-        common["password"] = password
-    client: Redis | RedisCluster
-    sentinel_clients: list[Redis] = []
-    if url is not None:
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout, **common)
-        client = Redis.from_pool(pool)
-    elif sentinels is not None:
-        if not sentinels or not sentinel_master:
-            raise ValueError("sentinels need at least one address and sentinel_master")
-        sentinel_kwargs = {k: v for k, v in common.items() if k not in ("username", "password")}
-        # redis-py leaves Sentinel unannotated.
-        manager = Sentinel(  # type: ignore[no-untyped-call]
-            sentinels, sentinel_kwargs=sentinel_kwargs, **common)
-        sentinel_clients = list(manager.sentinels)
-        # master_for only: replay keys are never read from a replica, which may lag.
-        client = manager.master_for(
-            sentinel_master, connection_pool_class=_BlockingSentinelPool,
-            max_connections=max_connections, timeout=timeout)
-    else:
-        if not cluster_nodes:
-            raise ValueError("cluster_nodes needs at least one address")
-        # Per-node pools fail at once when full (MaxConnectionsError): fail closed, fast.
-        client = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes],
-            max_connections=max_connections, **common)
-    ledger = RedisReplayLedger(client, timeout=timeout, sentinels=sentinel_clients,
-                               batch=batch, subjects=subjects, on_reset=on_reset)
-    return TieredReplayLedger(ledger, local_max_entries) if tiered else ledger

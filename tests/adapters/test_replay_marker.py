@@ -18,6 +18,7 @@ import redis
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from gateway.adapters.redis_topology import build_redis_ledger
 from gateway.adapters.replay_marker import (
     MARKER_PREFIX,
     ONE_LOSS_SECONDS,
@@ -26,13 +27,8 @@ from gateway.adapters.replay_marker import (
     loss_time_of,
     marker_key,
 )
-from gateway.adapters.replay_redis import (
-    RedisReplayLedger,
-    TieredReplayLedger,
-    build_redis_ledger,
-    hash_tag,
-    redis_key,
-)
+from gateway.adapters.replay_redis import RedisReplayLedger, hash_tag, redis_key
+from gateway.adapters.replay_tiered import TieredReplayLedger
 from gateway.core.errors import RetryLater, TemporarilyUnavailable
 from gateway.core.replay import ReplayLedger
 from tests.support.redis_servers import SENTINEL_MASTER, Server, Servers, cli, wait_until

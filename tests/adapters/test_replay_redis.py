@@ -22,16 +22,16 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.crc import key_slot
 
+from gateway.adapters.redis_topology import build_redis_ledger
 from gateway.adapters.replay_marker import MARKER_PREFIX
 from gateway.adapters.replay_redis import (
     KEY_PREFIX,
     MAX_BATCH,
     RedisReplayLedger,
-    TieredReplayLedger,
-    build_redis_ledger,
     redis_key,
     ttl_ms,
 )
+from gateway.adapters.replay_tiered import TieredReplayLedger
 from gateway.core.errors import TemporarilyUnavailable
 from gateway.core.replay import ReplayLedger
 from tests.core.test_replay import LedgerContract

@@ -28,7 +28,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from gateway.adapters.replay_redis import TieredReplayLedger
+from gateway.adapters.replay_tiered import TieredReplayLedger
 from tests.conftest import (
     ASSERTION_TYPE,
     ISSUER,
