@@ -128,6 +128,11 @@ class GatewayMetrics:
         if not self._flush_pending:
             self._flush_soon()
 
+    def touch(self) -> None:
+        """Something the next flush reports has changed (the in-flight count): flush soon."""
+        if not self._flush_pending:
+            self._flush_soon()
+
     def _flush_soon(self) -> None:
         try:
             loop = asyncio.get_running_loop()

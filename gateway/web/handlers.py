@@ -62,7 +62,8 @@ class PublicHandler:
             # Shed load before reading anything: every admitted request keeps its latency.
             return error_response(TemporarilyUnavailable(Reason.OVERLOADED), request_id=request_id,
                                   basic_challenge=False)
-        guards.in_flight += 1  # the gauge reads it at each metrics flush
+        guards.in_flight += 1
+        self.metrics.touch()  # the in-flight gauge is set at the next flush
         try:
             self._check_framing(request)
             if "Expect" in request.headers:

@@ -158,6 +158,23 @@ async def test_over_max_in_flight_requests_are_shed_with_503(
     assert len(backend.seen) == statuses.count(200)
 
 
+async def test_the_in_flight_gauge_counts_requests_still_waiting_on_the_backend(
+    gw: Running, backend: Backend
+) -> None:
+    # Read from the registry, not a scrape (which flushes): what another worker's scrape sees.
+    registry = gw.gateway.metrics.registry
+    backend.delay = 0.4
+    waiting = asyncio.gather(*(gw.post(gw.form(_good(gw))) for _ in range(3)))
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if registry.get_sample_value("pkjwt_in_flight_requests") == 3:
+            break
+    assert registry.get_sample_value("pkjwt_in_flight_requests") == 3
+    assert [status for status, _, _ in await waiting] == [200, 200, 200]
+    await asyncio.sleep(0.02)
+    assert registry.get_sample_value("pkjwt_in_flight_requests") == 0
+
+
 async def test_connections_over_the_cap_get_503_and_are_closed(
     backend: Backend, tmp_path: Path
 ) -> None:
