@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 from multidict import CIMultiDict
 
-from gateway.config.settings import parse_settings
+from gateway.config.loading import parse_settings
 from gateway.web.app import Gateway, create_gateway
 from tests.support.redis_servers import Server, Servers
 from tests.support.tokens import Signer, make_signer

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.cli.mint import generate_key, load_private_key, mint_assertion
-from gateway.config.settings import parse_settings
+from gateway.config.loading import parse_settings
 from gateway.web.app import create_gateway
 
 DEMO_ISSUER = "https://idp.demo.pkjwt.test"

@@ -19,7 +19,8 @@ from gateway.cli.report import collect, render_report
 from gateway.cli.serve import memory_store_problem, serve
 from gateway.config.errors import ConfigError
 from gateway.config.lint import lint_settings
-from gateway.config.settings import load_settings, settings_json_schema
+from gateway.config.loading import load_settings
+from gateway.config.settings import settings_json_schema
 from gateway.web.tls import new_server_context
 
 EXIT_OK, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from gateway.cli.supervisor import supervise
 from gateway.config.errors import ConfigError
-from gateway.config.settings import Settings, load_settings
+from gateway.config.loading import load_settings
+from gateway.config.settings import Settings
 from gateway.web.app import Gateway, create_gateway
 from gateway.web.listener import CappedSite
 

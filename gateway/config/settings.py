@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from datetime import date
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -14,23 +11,20 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictStr,
-    ValidationError,
     model_validator,
 )
 
-from gateway.config.errors import ConfigError
 from gateway.config.files import (
-    FILES,
-    FileContents,
     JwksFileSetting,
     ReadableFile,
     SecretFileSetting,
-    named_files,
-    read_files,
-    resolve_file_paths,
+)
+
+# Part of this module's public API; defined beside the types that use them.
+from gateway.config.types import (
+    SUPPORTED_ALGORITHMS as SUPPORTED_ALGORITHMS,
 )
 from gateway.config.types import (
-    FROM_FILE,
     Algorithms,
     Audience,
     ClientId,
@@ -46,13 +40,7 @@ from gateway.config.types import (
     RedisUrl,
     duration_field,
 )
-
-# Part of this module's public API; defined beside the types that use them.
-from gateway.config.types import (
-    SUPPORTED_ALGORITHMS as SUPPORTED_ALGORITHMS,
-)
 from gateway.config.types import parse_duration as parse_duration
-from gateway.config.yaml_dialect import client_entries, join_path, parse_yaml
 
 DEFAULT_ALGORITHMS = ("PS256", "ES256", "EdDSA", "RS256")
 DEFAULT_MAX_LIFETIME = 300.0
@@ -279,117 +267,6 @@ class Settings(_Frozen):
             return self.public_url.rstrip("/")
         parts = urlsplit(self.issuer)
         return f"{parts.scheme}://{parts.netloc}"
-
-
-def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
-    """Read a config file and the files it names, then validate; raises ConfigError.
-
-    Relative `jwks_file`, `secret_file`, `redis_password_file` and `ca_file` paths resolve
-    against the file's directory; `!env NAME` reads `env` (default: os.environ). A file
-    that cannot be read is a problem at its setting's path.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, ValueError) as exc:
-        raise ConfigError([("", f"cannot read {path}: {exc}")]) from exc
-    environ = os.environ if env is None else env
-    base_dir = path.resolve().parent
-    data, problems = _parse_data(text, base_dir, environ)
-    files = read_files(named_files(data)) if isinstance(data, dict) else {}
-    return _validate(data, problems, files)
-
-
-def parse_settings(
-    text: str, *, base_dir: Path, env: Mapping[str, str], files: FileContents | None = None
-) -> Settings:
-    """Validate config text as load_settings does, without any I/O; raises ConfigError.
-
-    `files` holds the contents of the files the text names, by absolute path (what
-    load_settings read); a named file missing from it is a problem at its path.
-    """
-    data, problems = _parse_data(text, base_dir, env)
-    return _validate(data, problems, files or {})
-
-
-def _parse_data(text: str, base_dir: Path, env: Mapping[str, str]) -> tuple[object, Problems]:
-    data, problems = parse_yaml(text, env)
-    if isinstance(data, dict):
-        resolve_file_paths(data, base_dir)
-    return data, problems
-
-
-def _validate(data: object, problems: Problems, files: FileContents) -> Settings:
-    if not isinstance(data, dict):
-        raise ConfigError(problems)
-    later = _document_problems(data)
-    settings: Settings | None = None
-    try:
-        settings = Settings.model_validate(data, context={FROM_FILE: True, FILES: files})
-    except ValidationError as exc:
-        later = _problems_from(exc) + later
-    # A path the YAML stage already reported (an unset !env, a duplicate key)
-    # would only echo here as a type error.
-    reported = [path for path, _ in problems]
-    problems += [p for p in later if not _under(p[0], reported)]
-    if problems or settings is None:
-        raise ConfigError(list(dict.fromkeys(problems)))
-    return settings
-
-
-def _under(path: str, prefixes: list[str]) -> bool:
-    return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
-
-
-_TYPE_MESSAGES = {
-    "missing": "required key is missing",
-    "extra_forbidden": "unknown key",
-    "model_type": "must be a mapping",
-    "dict_type": "must be a mapping",
-    "tuple_type": "must be a list",
-    "string_type": "must be a string",
-    "int_type": "must be an integer",
-    "bool_type": "must be true or false",
-}
-
-
-def _problems_from(exc: ValidationError) -> Problems:
-    problems: Problems = []
-    # Inputs are read, never echoed: they may be secrets.
-    for error in exc.errors(include_url=False, include_input=True):
-        path = ""
-        for part in error["loc"]:
-            if part != "[key]":  # a dict key's own error: the path already names the key
-                path = join_path(path, part)
-        message = _TYPE_MESSAGES.get(error["type"], error["msg"])
-        if error["type"] == "too_short" and error.get("ctx", {}).get("min_length") == 1:
-            if error["input"]:
-                continue  # too short only because its items failed; they are reported
-            message = "must not be empty"
-        message = message.removeprefix("Value error, ").replace("Input should be", "must be", 1)
-        problems.append((path, message))
-    return problems
-
-
-def _document_problems(data: Mapping[str, Any]) -> Problems:
-    """Checks that span sections, run on the raw data so they report alongside type errors."""
-    problems: Problems = []
-    seen: dict[str, str] = {}
-    for section in ("endpoints", "passthrough"):
-        paths = data.get(section)
-        for index, value in enumerate(paths if isinstance(paths, list) else []):
-            where = join_path(section, index)
-            if isinstance(value, str) and value in seen:
-                problems.append((where, f"{value!r} is already listed at {seen[value]}"))
-            elif isinstance(value, str):
-                seen[value] = where
-    fetch = data.get("jwks_fetch")
-    allow_http = isinstance(fetch, dict) and fetch.get("allow_http") is True
-    for _, path, client in client_entries(data):
-        uri = client.get("jwks_uri")
-        if isinstance(uri, str) and urlsplit(uri).scheme == "http" and not allow_http:
-            problems.append((f"{path}.jwks_uri", "must be https (jwks_fetch.allow_http is off)"))
-    return problems
 
 
 def settings_json_schema() -> dict[str, Any]:

@@ -31,7 +31,8 @@ from gateway.adapters.jwks_fetch import new_jwks_session
 from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
 from gateway.adapters.upstream import new_upstream
 from gateway.config.errors import ConfigError
-from gateway.config.settings import JwksFetchSettings, Settings, load_settings
+from gateway.config.loading import load_settings
+from gateway.config.settings import JwksFetchSettings, Settings
 from gateway.core.replay import ReplayLedger
 from gateway.web.handlers import PublicHandler
 from gateway.web.state import Guards, new_authenticator

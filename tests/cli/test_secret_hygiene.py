@@ -31,7 +31,7 @@ from joserfc import jwk
 
 from gateway.adapters.assemble import build_runtime
 from gateway.cli.mint import generate_key, load_private_key
-from gateway.config.settings import load_settings
+from gateway.config.loading import load_settings
 from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, gateway_yaml
 from tests.support.ports import free_port
 from tests.support.serving import wait_healthy

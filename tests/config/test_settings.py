@@ -21,6 +21,7 @@ from gateway.adapters.assemble import build_runtime
 from gateway.config.errors import ConfigError
 from gateway.config.files import SecretFile
 from gateway.config.lint import lint_settings
+from gateway.config.loading import load_settings, parse_settings
 from gateway.config.settings import (
     DEFAULT_ALGORITHMS,
     DEFAULT_BACKEND_TIMEOUT,
@@ -31,9 +32,7 @@ from gateway.config.settings import (
     BackendSettings,
     ClientSettings,
     Settings,
-    load_settings,
     parse_duration,
-    parse_settings,
     settings_json_schema,
 )
 

@@ -33,7 +33,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
 from multidict import CIMultiDict
 
-from gateway.config.settings import parse_settings
+from gateway.config.loading import parse_settings
 from gateway.web.app import create_gateway
 from tests.conftest import (
     ASSERTION_TYPE,

@@ -22,7 +22,7 @@ import yaml
 
 from gateway.cli.main import check
 from gateway.config.lint import lint_settings
-from gateway.config.settings import load_settings
+from gateway.config.loading import load_settings
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
-from gateway.config.settings import parse_settings
+from gateway.config.loading import parse_settings
 from gateway.core.brakes import FailureLimiter
 from gateway.web.app import create_gateway
 from gateway.web.listener import CappedSite

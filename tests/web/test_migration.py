@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from gateway.config.lint import lint_settings
-from gateway.config.settings import parse_settings
+from gateway.config.loading import parse_settings
 from tests.conftest import BACKEND_SECRET, ISSUER, Backend, GatewayFactory, gateway_yaml
 from tests.support.ports import free_port
 from tests.support.serving import ROOT, listeners, serving

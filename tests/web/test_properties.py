@@ -24,7 +24,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config.settings import parse_settings
+from gateway.config.loading import parse_settings
 from gateway.web.app import create_gateway
 from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, gateway_yaml
 from tests.support.tokens import Signer, b64url, make_signer

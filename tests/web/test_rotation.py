@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.config.settings import load_settings
+from gateway.config.loading import load_settings
 from gateway.web.app import Gateway, create_gateway
 from tests.conftest import (
     ASSERTION_TYPE,

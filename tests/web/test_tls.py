@@ -14,7 +14,7 @@ import trustme
 from aiohttp import web
 
 from gateway.config.errors import ConfigError
-from gateway.config.settings import load_settings
+from gateway.config.loading import load_settings
 from gateway.web.app import create_gateway
 from tests.conftest import ASSERTION_TYPE, ISSUER, Backend, gateway_yaml
 from tests.support.tokens import make_signer
