@@ -144,9 +144,13 @@ class Authenticator:
             now = clock.time()
             try:
                 verified = credential.verify(parsed, request.endpoint, now)
-            except KeyMiss as miss:
-                verified = await credential.verify_after_refresh(
-                    parsed, request.endpoint, now, miss)
+            except KeyMiss:
+                refreshed = await credential.verify_after_refresh(parsed, request.endpoint, now)
+                if refreshed is None:
+                    # A bare raise: a frame holding the exception would make a reference
+                    # cycle of every refused request, left to the cyclic collector.
+                    raise
+                verified = refreshed
         finally:
             attempt.verification_seconds = clock.monotonic() - started
         attempt.key_thumbprint = verified.key_thumbprint

@@ -19,7 +19,7 @@ from gateway.core.assertion import (
     VerifiedAssertion,
     verify_assertion,
 )
-from gateway.core.errors import KeyMiss, TemporarilyUnavailable
+from gateway.core.errors import TemporarilyUnavailable
 from gateway.core.keysource import KeySource
 from gateway.core.reasons import Reason
 
@@ -66,11 +66,11 @@ class AssertionCredential(Protocol):
         ...
 
     async def verify_after_refresh(
-        self, parsed: ParsedAssertion, endpoint: str, now: float, miss: KeyMiss
-    ) -> VerifiedAssertion:
+        self, parsed: ParsedAssertion, endpoint: str, now: float
+    ) -> VerifiedAssertion | None:
         """After a key miss: refetch the keys when the source may, and verify again.
 
-        Raises ``miss`` when nothing new came, else as ``verify``.
+        Returns None when nothing new came (the caller's miss stands); raises as ``verify``.
         """
         ...
 
@@ -113,13 +113,13 @@ class RegisteredKeys:
         return verify_assertion(parsed, keys, self.policies[endpoint], now)
 
     async def verify_after_refresh(
-        self, parsed: ParsedAssertion, endpoint: str, now: float, miss: KeyMiss
-    ) -> VerifiedAssertion:
+        self, parsed: ParsedAssertion, endpoint: str, now: float
+    ) -> VerifiedAssertion | None:
         # A rotated key shows up as an unknown kid (or, without a kid, as no key verifying).
         held = self.source.current()
         fresh = await self.source.refresh_for_unknown_kid()
         if fresh is None or fresh is held:
-            raise miss
+            return None
         return verify_assertion(parsed, fresh, self.policies[endpoint], now)
 
     def replay_entry(
