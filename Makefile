@@ -29,7 +29,7 @@ pytest: $(VENV)/.installed
 
 # The property tests with a larger budget than CI's (FUZZ_EXAMPLES=150 there).
 fuzz: $(VENV)/.installed
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q tests/test_properties.py
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q tests/web/test_properties.py
 
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null || { echo "bench needs wrk (apt-get install wrk)"; exit 2; }
