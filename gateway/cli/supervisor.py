@@ -83,7 +83,11 @@ class Supervisor:
             multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]  # untyped upstream
                 process.pid, self.metrics_dir)
             if self.stopping.is_set():
-                if code != 0:
+                # A worker handles SIGTERM itself before it listens; one that the relayed
+                # SIGTERM killed outright was still starting, so it had no request to drain.
+                if code == -signal.SIGTERM:
+                    log.info("worker %d stopped while starting", slot)
+                elif code != 0:
                     log.error("worker %d exited with %d while stopping", slot, code)
                     self.failed = True
                 return
