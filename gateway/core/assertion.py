@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from gateway.core.certificates import check_certificate_binding, check_x5c_shape
@@ -15,6 +16,7 @@ from gateway.core.keyset import EDDSA_NAMES, JWS_ALGORITHMS, KeySet, Verificatio
 from gateway.core.reasons import Reason
 
 MAX_TOKEN_LENGTH = 16 * 1024
+MAX_CACHED_HEADERS = 1024  # distinct valid header segments kept (a client uses one or two)
 MAX_JTI_LENGTH = 256
 MAX_NUMERIC_DATE = 1e12  # year 33658: anything later is nonsense, not a long-lived token
 ASSERTION_TYP = "client-authentication+jwt"
@@ -31,6 +33,8 @@ _TYP_VALUES = {
     ASSERTION_TYP: True,
     "application/" + ASSERTION_TYP: True,
 }
+# Valid header segments already checked, by segment: read-only mappings.
+_HEADERS: dict[str, Mapping[str, Any]] = {}
 # Three non-empty base64url segments, no padding, no whitespace.
 _COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 
@@ -130,19 +134,9 @@ def _parse(token: str) -> ParsedAssertion:
         segments = token.count(".") + 1
         raise InvalidClient(Reason.MALFORMED, f"not a compact JWS ({segments} segments)")
     header_segment, payload_segment, signature_segment = match.groups()
-    header = _decode_json(header_segment, "header")
-    if type(header) is not dict:
-        raise InvalidClient(Reason.BAD_HEADER, "header is not a JSON object")
-    forbidden = header.keys() - ALLOWED_HEADER_MEMBERS
-    if forbidden:
-        raise InvalidClient(Reason.FORBIDDEN_HEADER, repr(sorted(forbidden)[:4])[:120])
-    if "alg" not in header:
-        raise InvalidClient(Reason.BAD_HEADER, "no alg")
-    for name, value in header.items():
-        if name == "x5c":
-            check_x5c_shape(value)
-        elif type(value) is not str:
-            raise InvalidClient(Reason.BAD_HEADER, f"{name} is not a string")
+    header = _HEADERS.get(header_segment)
+    if header is None:
+        header = _parse_header(header_segment)
     claims = _decode_json(payload_segment, "payload")
     if type(claims) is not dict:
         raise InvalidClient(Reason.MALFORMED, "payload is not a JSON object")
@@ -156,6 +150,28 @@ def _parse(token: str) -> ParsedAssertion:
         signing_input=token[: match.end(2)].encode("ascii"),
         signature=signature,
     )
+
+
+def _parse_header(segment: str) -> Mapping[str, Any]:
+    """A header segment checked once; a client sends the same one every time, so the
+    outcome of a valid one is kept (read-only, bounded)."""
+    header = _decode_json(segment, "header")
+    if type(header) is not dict:
+        raise InvalidClient(Reason.BAD_HEADER, "header is not a JSON object")
+    forbidden = header.keys() - ALLOWED_HEADER_MEMBERS
+    if forbidden:
+        raise InvalidClient(Reason.FORBIDDEN_HEADER, repr(sorted(forbidden)[:4])[:120])
+    if "alg" not in header:
+        raise InvalidClient(Reason.BAD_HEADER, "no alg")
+    for name, value in header.items():
+        if name == "x5c":
+            check_x5c_shape(value)
+        elif type(value) is not str:
+            raise InvalidClient(Reason.BAD_HEADER, f"{name} is not a string")
+    if len(_HEADERS) >= MAX_CACHED_HEADERS:
+        _HEADERS.clear()  # a flood of distinct headers costs the cache, never memory
+    checked = _HEADERS[segment] = MappingProxyType(header)
+    return checked
 
 
 class _DuplicateMember(ValueError):

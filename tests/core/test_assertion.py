@@ -815,3 +815,21 @@ def test_verify_of_odd_parsed_values_only_raises_gateway_errors(
 def test_json_encoder_round_trip_of_fixture() -> None:
     # Guards the fixtures themselves: a dict header is written as compact JSON.
     assert json.loads(base64.urlsafe_b64decode(HEADER + "==")) == ES.header()
+
+
+def test_checked_headers_are_kept_read_only_and_bounded() -> None:
+    from gateway.core import assertion as module
+
+    signer = make_signer("ES256")
+    token = signer.assertion()
+    first, second = parse_assertion(token).header, parse_assertion(signer.assertion()).header
+    assert first is second  # the same segment is checked once
+    with pytest.raises(TypeError):
+        first["alg"] = "none"  # type: ignore[index]
+    refused = signer.sign({"alg": "ES256", "jku": "https://evil.example/jwks"}, valid_claims())
+    with pytest.raises(InvalidClient):
+        parse_assertion(refused)
+    assert refused.split(".")[0] not in module._HEADERS  # only valid headers are kept
+    for kid in range(module.MAX_CACHED_HEADERS + 10):
+        parse_assertion(signer.sign({"alg": "ES256", "kid": f"k{kid}"}, valid_claims()))
+    assert len(module._HEADERS) <= module.MAX_CACHED_HEADERS
