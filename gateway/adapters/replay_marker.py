@@ -75,8 +75,10 @@ class Offer:
     loss: bytes
 
     @classmethod
-    def new(cls, loss_time: float) -> Offer:
-        epoch = secrets.token_hex(8)
+    def new(cls, loss_time: float, epoch: str | None = None) -> Offer:
+        """``epoch``: the writer's id (random when not given); one process keeps one id, its
+        offers still differ from each other, every loss time being later than the last."""
+        epoch = epoch if epoch is not None else secrets.token_hex(8)
         return cls(f"{epoch}|0".encode(), f"{epoch}|{loss_time:.3f}".encode())
 
 
@@ -96,6 +98,7 @@ class EpochMarkers:
         self._latest = 0.0  # the latest loss time known, of any tag
         self._counted: float | None = None  # the loss time last counted
         self.learnt = 0  # losses learnt so far, counted or not
+        self._epoch = secrets.token_hex(8)  # this process's id in the markers it writes
 
     def loss_time(self, tag: str) -> float | None:
         """When the store lost this tag's data, as far as this process knows."""
@@ -109,7 +112,8 @@ class EpochMarkers:
 
     def offer(self, now: float) -> Offer:
         """This batch's offer: its loss time is later than any loss this process knows."""
-        return Offer.new(max(now, self._latest + 0.001))
+        # No random draw per batch: the process's id and a loss time later than any known.
+        return Offer.new(max(now, self._latest + 0.001), self._epoch)
 
     def offered(self, tag: str, offer: Offer) -> bytes:
         """The value to ``SET NX`` for ``tag``."""

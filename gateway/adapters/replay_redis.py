@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import math
 import re
 import secrets
@@ -146,6 +147,9 @@ class RedisReplayLedger:
         self._timeout = timeout
         self._sentinels = tuple(sentinels)  # closed with the client
         self.markers = EpochMarkers((hash_tag(subject) for subject in subjects), on_reset)
+        # Per-check tokens: a random prefix per ledger and a counter, no random draw a check.
+        self._token_prefix = secrets.token_hex(6)
+        self._token_counter = itertools.count()
         self._clock = clock
         # Optimistic until a check or ping says otherwise; await ping() at start-up for an
         # honest answer before serving.
@@ -163,7 +167,7 @@ class RedisReplayLedger:
         token, so the same assertion finds its own value and is accepted again; it is never
         refused for a loss.
         """
-        token = fingerprint if fingerprint is not None else secrets.token_hex(8)
+        token = fingerprint if fingerprint is not None else self._new_token()
         key = redis_key(client_id, jti)
         tag = _tag_of(key)
         # The earliest moment it could have passed the time checks (iat may run skew ahead).
@@ -172,6 +176,10 @@ class RedisReplayLedger:
         fresh = await self.claim(key, token, ttl_ms(expires_at, now))
         self._refuse_if_reset(tag, since, clock_skew, now)  # one this very check revealed
         return fresh
+
+    def _new_token(self) -> str:
+        """Unique to this check, so a retried SET finds its own value (and only its own)."""
+        return f"{self._token_prefix}{next(self._token_counter):x}"
 
     def _refuse_if_reset(self, tag: str, since: float | None, clock_skew: float,
                          now: float) -> None:

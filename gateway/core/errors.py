@@ -48,6 +48,8 @@ class GatewayError(Exception):
         super().__init__(f"{self.reason}: {detail}" if detail else str(self.reason))
         self.detail = detail
         self.attempt: Attempt | None = None
+        # Seconds after which a retry may succeed (the Retry-After header), when known.
+        self.retry_after: float | None = None
 
 
 class InvalidRequest(GatewayError):

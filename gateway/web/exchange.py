@@ -16,8 +16,6 @@ from gateway.core.errors import (
     GatewayError,
     InvalidClient,
     MethodNotAllowed,
-    RetryLater,
-    TooManyRequests,
     UntrustedFraming,
 )
 from gateway.core.reasons import Reason
@@ -67,7 +65,7 @@ def error_response(error: GatewayError, *, request_id: str, basic_challenge: boo
         headers["WWW-Authenticate"] = 'Basic realm="pkjwt-gateway", charset="UTF-8"'
     if isinstance(error, MethodNotAllowed):
         headers["Allow"] = "POST"
-    if isinstance(error, TooManyRequests | RetryLater):
+    if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     body = json.dumps({"error": error.code, "error_description": error.description})
     return web.Response(status=error.status, body=body.encode(), headers=headers,

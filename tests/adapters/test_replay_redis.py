@@ -225,7 +225,7 @@ async def test_redis_keeps_the_key_until_exp_plus_skew(
         assert 44_000 < await ledger.client.pttl(key) <= 45_001
         assert 900 < await ledger.client.pttl(redis_key(client_id, "short")) <= 1000
         token = await ledger.client.get(key)
-        assert isinstance(token, bytes) and re.fullmatch(rb"[0-9a-f]{16}", token)
+        assert isinstance(token, bytes) and re.fullmatch(rb"[0-9a-f]{13,28}", token)
     finally:
         await ledger.close()
 
