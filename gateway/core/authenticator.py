@@ -98,10 +98,20 @@ class Authenticator:
         self.max_body = max_body
         self.clock: Clock = clock if clock is not None else SystemClock()
 
+    def admit(self, remote: str) -> None:
+        """The address's failure brake, checked before the body is even read.
+
+        Raises TooManyRequests (``too_many_failures``) while ``remote`` must wait.
+        """
+        retry_after = self.brakes.per_address.retry_after(remote, self.clock.monotonic())
+        if retry_after is not None:
+            raise TooManyRequests(Reason.TOO_MANY_FAILURES, retry_after, "from this address")
+
     async def authenticate(
         self, request: TokenRequest, clients: Mapping[str, ClientRuntime]
     ) -> Approval:
-        """Authenticate ``request`` against ``clients`` (read once: a reload does not change it).
+        """Authenticate ``request`` against ``clients`` (read once: a reload does not change it);
+        the caller has checked ``admit(request.remote)`` before reading the body.
 
         Raises GatewayError (InvalidRequest, InvalidClient, TooManyRequests,
         TemporarilyUnavailable) with ``attempt`` set; every InvalidClient spends a token of
@@ -109,10 +119,6 @@ class Authenticator:
         """
         attempt = Attempt()
         try:
-            retry_after = self.brakes.per_address.retry_after(request.remote,
-                                                              self.clock.monotonic())
-            if retry_after is not None:
-                raise TooManyRequests(Reason.TOO_MANY_FAILURES, retry_after, "from this address")
             try:
                 form = parse_form(request.body, content_type=request.content_type,
                                   has_authorization=request.authorization is not None,

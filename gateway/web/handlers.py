@@ -115,6 +115,7 @@ class PublicHandler:
         backend_status: int | None = None
         backend_error: str | None = None
         try:
+            self.authenticator.admit(request.remote or "")
             self._check_token_request(request)
             limits = self.guards.limits
             body = await read_body(request, limits.max_body_bytes, limits.body_timeout)

@@ -105,7 +105,11 @@ class World:
         return Authenticator(self.ledger, self.brakes, max_body=65536, clock=self.clock)
 
     async def run(self, payload: bytes, **options: str) -> Approval:
-        return await self.authenticator.authenticate(request(payload, **options), self.clients)
+        """As the handler does: the address brake, then (the body read) authentication."""
+        token_request = request(payload, **options)
+        authenticator = self.authenticator
+        authenticator.admit(token_request.remote)
+        return await authenticator.authenticate(token_request, self.clients)
 
     async def refused(self, payload: bytes, **options: str) -> GatewayError:
         with pytest.raises(GatewayError) as caught:

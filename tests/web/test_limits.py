@@ -78,6 +78,8 @@ async def test_repeated_failures_from_an_address_get_429(
         token = stranger.sign({"alg": "ES256"}, _claims(iss="nobody", sub="nobody"))
         assert (await gw.post(gw.form(token)))[0] == 401
     assert (await gw.post(gw.form(_good(gw))))[0] == 429
+    # Checked before the body is read: a braked address gets 429 whatever it sends.
+    assert (await gw.post(b"\xff" * 2048, headers={"Content-Encoding": "gzip"}))[0] == 429
     assert backend.seen == []
 
 
