@@ -58,6 +58,11 @@ def _path_settings(data: Mapping[str, Any]) -> list[tuple[dict[str, Any], str]]:
     for section, key in (("replay", "redis_password_file"), ("jwks_fetch", "ca_file")):
         if isinstance(data.get(section), dict):
             owners.append((data[section], key))
+    federation = data.get("federation")
+    issuers = federation.get("issuers") if isinstance(federation, dict) else None
+    for issuer in issuers.values() if isinstance(issuers, dict) else ():
+        if isinstance(issuer, dict):
+            owners += [(issuer, key) for key in ("jwks_file", "ca_file", "bearer_token_file")]
     listen = data.get("listen")
     if isinstance(listen, dict) and isinstance(listen.get("tls"), dict):
         owners += [(listen["tls"], "cert_file"), (listen["tls"], "key_file")]

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from gateway.config.errors import ConfigError
+from gateway.config.federation_rules import federation_problems
 from gateway.config.files import (
     FILES,
     FileContents,
@@ -72,6 +73,8 @@ def _validate(data: object, problems: Problems, files: FileContents) -> Settings
         settings = Settings.model_validate(data, context={FROM_FILE: True, FILES: files})
     except ValidationError as exc:
         later = _problems_from(exc) + later
+    else:
+        later += federation_problems(settings)
     # A path the YAML stage already reported (an unset !env, a duplicate key)
     # would only echo here as a type error.
     reported = [path for path, _ in problems]

@@ -7,13 +7,13 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictStr,
     model_validator,
 )
 
+from gateway.config.base import Frozen
+from gateway.config.federation import FederatedTrusts, FederationSettings
 from gateway.config.files import (
     JwksFileSetting,
     ReadableFile,
@@ -53,16 +53,12 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 Problems = list[tuple[str, str]]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class TlsSettings(_Frozen):
+class TlsSettings(Frozen):
     cert_file: StrictStr  # PEM chain, leaf first; resolved against the config file's directory
     key_file: StrictStr
 
 
-class ListenSettings(_Frozen):
+class ListenSettings(Frozen):
     host: Host = "0.0.0.0"
     port: Port = 8080
     # On SIGTERM: stop accepting, then give requests in flight this long to finish.
@@ -70,17 +66,17 @@ class ListenSettings(_Frozen):
     tls: TlsSettings | None = None  # serve https directly
 
 
-class AdminSettings(_Frozen):
+class AdminSettings(Frozen):
     host: Host = "127.0.0.1"
     port: Port = 9100
 
 
-class BackendSettings(_Frozen):
+class BackendSettings(Frozen):
     url: HttpUrl
     timeout: Duration = duration_field("10s", gt=0)
 
 
-class PolicySettings(_Frozen):
+class PolicySettings(Frozen):
     algorithms: Algorithms = DEFAULT_ALGORITHMS
     max_lifetime: Lifetime = duration_field("300s")
     clock_skew: ClockSkew = duration_field("15s")
@@ -88,7 +84,7 @@ class PolicySettings(_Frozen):
     require_typ: bool = False
 
 
-class JwksFetchSettings(_Frozen):
+class JwksFetchSettings(Frozen):
     timeout: Duration = duration_field("3s", gt=0)
     min_ttl: Duration = duration_field("60s", gt=0)
     max_ttl: Duration = duration_field("24h", gt=0)
@@ -108,7 +104,7 @@ class JwksFetchSettings(_Frozen):
         return self
 
 
-class ReplaySettings(_Frozen):
+class ReplaySettings(Frozen):
     store: Literal["memory", "redis"] = "memory"
     redis_url: RedisUrl = DEFAULT_REDIS_URL
     # Sentinel (with the master's name) or Cluster instead of one server:
@@ -142,12 +138,12 @@ class ReplaySettings(_Frozen):
         return None
 
 
-class BucketSettings(_Frozen):
+class BucketSettings(Frozen):
     rate: float = Field(default=5.0, gt=0, strict=False)  # tokens back per second
     burst: int = Field(default=50, ge=1)  # failures allowed in a row before slowing down
 
 
-class LimitSettings(_Frozen):
+class LimitSettings(Frozen):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=1024 * 1024)
     max_line_size: int = Field(default=8190, ge=256, le=65536)  # request line
     max_header_size: int = Field(default=8190, ge=256, le=65536)  # one header field
@@ -165,12 +161,12 @@ class LimitSettings(_Frozen):
     max_tracked: int = Field(default=100_000, ge=100)  # keys each failure limiter holds
 
 
-class AuditSettings(_Frozen):
+class AuditSettings(Frozen):
     # "stdout", "off", or a file path (appended to; relative to the config file).
     output: StrictStr = "stdout"
 
 
-class BackendAuthSettings(_Frozen):
+class BackendAuthSettings(Frozen):
     method: Literal["client_secret_basic", "client_secret_post", "none"]
     secret: EnvSecret | None = None
     secret_file: SecretFileSetting | None = None
@@ -193,7 +189,7 @@ class BackendAuthSettings(_Frozen):
         return None
 
 
-class LegacyAuthSettings(_Frozen):
+class LegacyAuthSettings(Frozen):
     # Shared-secret methods this client may still use; its requests go to the backend as
     # they came, and the backend checks the secret.
     allow: Annotated[tuple[Literal["client_secret_basic", "client_secret_post"], ...],
@@ -201,7 +197,7 @@ class LegacyAuthSettings(_Frozen):
     until: date | None = None  # last day allowed (UTC); from the next day it is refused
 
 
-class ClientSettings(_Frozen):
+class ClientSettings(Frozen):
     jwks: dict[str, Any] | None = None
     jwks_file: JwksFileSetting | None = None
     jwks_uri: HttpUrl | None = None
@@ -215,13 +211,20 @@ class ClientSettings(_Frozen):
     # Accept the byte-identical assertion again until it expires (MSAL re-sends one).
     allow_assertion_reuse: bool = False
     legacy_auth: LegacyAuthSettings | None = None
+    # Platform identities (federation.issuers) this client accepts as its assertion.
+    federated: FederatedTrusts = ()
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSettings:
         given = [n for n in ("jwks", "jwks_file", "jwks_uri") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(f"needs exactly one of jwks, jwks_file, jwks_uri (has {len(given)})")
+        if len(given) > 1 or (not given and not self.federated):
+            raise ValueError(f"needs exactly one of jwks, jwks_file, jwks_uri (has {len(given)}), "
+                             "and/or federated trusts")
         return self
+
+    @property
+    def has_own_keys(self) -> bool:
+        return (self.jwks, self.jwks_file, self.jwks_uri) != (None, None, None)
 
     def configured_jwks(self) -> tuple[str, object] | None:
         """The key naming the client's JWK Set ("jwks" or "jwks_file") and the set as given.
@@ -236,7 +239,7 @@ class ClientSettings(_Frozen):
         return None
 
 
-class Settings(_Frozen):
+class Settings(Frozen):
     issuer: HttpUrl
     public_url: HttpUrl | None = None
     listen: ListenSettings = Field(default_factory=ListenSettings)
@@ -249,6 +252,7 @@ class Settings(_Frozen):
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    federation: FederationSettings = Field(default_factory=FederationSettings)
     clients: Annotated[dict[ClientId, ClientSettings], Field(min_length=1)]
 
     def effective_policy(self, client_id: str) -> PolicySettings:
