@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, StrictStr, model_validator
+from pydantic import BeforeValidator, Field, StrictStr, WithJsonSchema, model_validator
 
 from gateway.config.base import Frozen
 from gateway.config.files import JwksFileSetting, ReadableFile
@@ -40,8 +40,14 @@ def _one_or_many(value: object) -> object:
     return value if isinstance(value, list | tuple) else [value]
 
 
+_CLAIM_VALUE_SCHEMA = {"type": ["string", "integer", "boolean"]}
 # A required claim: one value, or a list meaning "any of".
-ClaimRule = Annotated[ClaimValues, BeforeValidator(_one_or_many)]
+ClaimRule = Annotated[
+    ClaimValues,
+    BeforeValidator(_one_or_many),
+    WithJsonSchema({"anyOf": [_CLAIM_VALUE_SCHEMA, {"type": "array", "minItems": 1,
+                                                    "items": _CLAIM_VALUE_SCHEMA}]}),
+]
 
 
 class FederationIssuerSettings(Frozen):

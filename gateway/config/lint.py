@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from gateway.config.federation import FederatedTrustSettings
+from gateway.config.federation_rules import claim_rule, max_lifetime, trusts_of
 from gateway.config.settings import ClientSettings, PolicySettings, Settings
 from gateway.config.yaml_dialect import join_path
 
 LINT_MAX_LIFETIME = 300.0
 LINT_MAX_CLOCK_SKEW = 60.0
+KUBERNETES_MIN_LIFETIME = 600.0  # expirationSeconds may not be set lower
 
 Problems = list[tuple[str, str]]
 
@@ -53,6 +57,7 @@ def lint_settings(settings: Settings) -> list[tuple[str, str]]:
                              "a captured assertion of this client can be replayed until it "
                              "expires; keep its max_lifetime short and turn reuse off once "
                              "the client sends a fresh assertion per request"))
+        warnings += _lint_trusts(settings, client_id)
     for key in ("issuer", "public_url"):
         if _plain_http_remote(getattr(settings, key)):
             warnings.append((key, "clients would send assertions over plain http to a "
@@ -95,4 +100,47 @@ def _lint_policy(prefix: str, scope: PolicySettings | ClientSettings) -> Problem
         warnings.append((f"{prefix}.algorithms", f"{', '.join(legacy)} (RSA PKCS#1 v1.5 padding) "
                          "is allowed; prefer PS256, ES256 or EdDSA and drop RS* once clients "
                          "support them"))
+    return warnings
+
+
+def _lint_trusts(settings: Settings, client_id: str) -> Problems:
+    warnings: Problems = []
+    issuers = settings.federation.issuers
+    client_path = join_path("clients", client_id)
+    for where, trust in trusts_of(client_path, settings.clients[client_id].federated):
+        issuer = issuers.get(trust.issuer)
+        preset = issuer.preset if issuer is not None else "none"
+        if preset == "github":
+            warnings += _lint_github(where, trust)
+        if preset == "gitlab" and claim_rule(trust, "/ref_protected") != ("true",) \
+                and claim_rule(trust, "/environment") is None:
+            warnings.append((join_path(where, "claims"), "unprotected branches and merge "
+                             "requests, fork code included, get tokens that match too; pin "
+                             'ref_protected: "true" or environment'))
+        lifetime = max_lifetime(settings, client_id, trust)
+        if preset == "kubernetes" and lifetime < KUBERNETES_MIN_LIFETIME:
+            warnings.append((join_path(where, "max_lifetime"), f"{lifetime:g}s is shorter than "
+                             "any Kubernetes token lives (10 minutes at least), so every one "
+                             "would be refused; set it to the volume's expirationSeconds"))
+        if trust.replay == "reuse":
+            warnings.append((join_path(where, "replay"), "a leaked token of this trust "
+                             "replays until it expires; keep max_lifetime short and use "
+                             "single_use once the platform sends a fresh jti per token"))
+    return warnings
+
+
+def _lint_github(where: str, trust: FederatedTrustSettings) -> Problems:
+    warnings: Problems = []
+    pattern = trust.subject_pattern
+    if pattern is not None and claim_rule(trust, "/event_name") is None \
+            and claim_rule(trust, "/environment") is None \
+            and not re.search(r":environment:[^*:]+(?::|$)", pattern):
+        warnings.append((join_path(where, "subject_pattern"), "a pattern admits every trigger "
+                         "it matches, pull_request_target runs steered into fork code included; "
+                         "pin event_name (e.g. [push, workflow_dispatch]) or environment "
+                         "under claims"))
+    if claim_rule(trust, "/runner_environment") != ("github-hosted",):
+        warnings.append((join_path(where, "claims"), "tokens of self-hosted runners are minted "
+                         "on hosts GitHub does not control, and whoever holds the host takes "
+                         "the job's token; pin runner_environment: github-hosted"))
     return warnings

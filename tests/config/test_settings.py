@@ -672,8 +672,10 @@ def test_example_config_documents_every_key() -> None:
     models: list[type[pydantic.BaseModel]] = [Settings]
     for model in models:
         for name, field in model.model_fields.items():
-            # A key may be shown commented out where it is one of two choices.
-            assert re.search(rf"^\s*(# )?{name}:", text, re.MULTILINE), f"{model.__name__}.{name}"
+            # A key may be shown commented out where it is one of two choices, and may
+            # open a list item.
+            assert re.search(rf"^\s*(# )?(- )?{name}:", text, re.MULTILINE), \
+                f"{model.__name__}.{name}"
             models += [t for t in _model_types(field.annotation) if t not in models]
 
 
