@@ -1,4 +1,4 @@
-"""Fetching a client's JWKS over HTTP: the shared session, limits, redirects, parsing."""
+"""Fetching key documents over HTTP: the guarded session, limits, redirects, JWKS parsing."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -19,13 +19,13 @@ from gateway.adapters.jwks_cache import (
 )
 from gateway.adapters.jwks_guard import ForbiddenAddress, GuardedResolver, check_literal_host
 from gateway.config.settings import JwksFetchSettings
-from gateway.core.keyset import KeySet, import_jwks
+from gateway.core.keyset import KeySet, KeySetImport, import_jwks
 
 # Every value a fetch reports (the `result` metric label): "ok", "not_modified", or a reason.
 FETCH_RESULTS = frozenset({
     "ok", "not_modified", "timeout", "connect_error", "forbidden_address", "bad_status",
     "bad_content_type", "too_large", "bad_document", "no_usable_key", "redirect_refused",
-    "tls_error", "http_refused", "secret_key_material",
+    "tls_error", "http_refused", "secret_key_material", "bad_discovery", "token_unreadable",
 })
 MAX_REDIRECTS = 3
 MAX_ETAG_LENGTH = 256  # an entity tag is echoed back in If-None-Match: keep it short
@@ -54,6 +54,22 @@ class FetchResult:
     lifetime: float                   # seconds, already clamped to [min_ttl, max_ttl]
     keyset: KeySet | None = None      # `keys` imported once; None when not_modified
     problems: tuple[str, ...] = ()    # why keys of the document were skipped (no key material)
+    document_lifetime: float | None = None  # what the document itself asked for, unclamped
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedJwks:
+    """A key document's usable keys, imported once; `lifetime` is one the document sets."""
+
+    keys: tuple[dict[str, Any], ...]
+    keyset: KeySet
+    problems: tuple[str, ...] = ()
+    lifetime: float | None = None  # seconds, preferred over the cache headers
+
+
+# A key document's parser: raises JwksFetchError (bad_document, secret_key_material, ...).
+DocumentParser = Callable[[bytes], ParsedJwks]
+T = TypeVar("T")
 
 
 def loggable_uri(uri: str) -> str:
@@ -66,17 +82,21 @@ def loggable_uri(uri: str) -> str:
 
 
 def new_jwks_session(
-    settings: JwksFetchSettings, *, resolver: AbstractResolver | None = None
+    settings: JwksFetchSettings, *, resolver: AbstractResolver | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> aiohttp.ClientSession:
     """The one session for all JWKS fetches: guarded resolver, trust store plus ca_file.
 
     `resolver` replaces the threaded system resolver under the guard (tests use it to
-    point a name at loopback). Call it inside the running loop; the caller closes it.
+    point a name at loopback); `ssl_context` replaces the trust store plus ca_file.
+    Call it inside the running loop; the caller closes it.
     Raises OSError or ssl.SSLError when ca_file cannot be loaded.
     """
-    context = ssl.create_default_context()
-    if settings.ca_file is not None:
-        context.load_verify_locations(cafile=settings.ca_file)
+    context = ssl_context
+    if context is None:
+        context = ssl.create_default_context()
+        if settings.ca_file is not None:
+            context.load_verify_locations(cafile=settings.ca_file)
     guarded = GuardedResolver(resolver if resolver is not None else aiohttp.ThreadedResolver(),
                               allow_private_networks=settings.allow_private_networks)
     return aiohttp.ClientSession(
@@ -90,16 +110,38 @@ def new_jwks_session(
 
 async def fetch_jwks(
     session: aiohttp.ClientSession, uri: str, settings: JwksFetchSettings, etag: str | None,
-    *, clock: Callable[[], float] = time.time,
+    *, clock: Callable[[], float] = time.time, headers: Mapping[str, str] | None = None,
+    parse: DocumentParser | None = None,
 ) -> FetchResult:
     """Fetch and validate the JWKS at `uri`, conditionally when `etag` is given.
 
-    The whole exchange (redirects and body included) gets settings.timeout.
+    `headers` go with this exchange's requests only; `parse` replaces parse_jwks_document
+    for key documents with rules of their own. The whole exchange gets settings.timeout.
     Raises JwksFetchError whose reason is in FETCH_RESULTS (never "ok"/"not_modified").
+    """
+    sent = {**(headers or {}), **({"If-None-Match": etag} if etag is not None else {})}
+
+    async def read(response: aiohttp.ClientResponse) -> FetchResult:
+        return await _read_answer(response, settings, etag, clock, parse or _parse_plain)
+
+    return await fetch_document(session, uri, settings, read, headers=sent)
+
+
+async def fetch_document(
+    session: aiohttp.ClientSession, uri: str, settings: JwksFetchSettings,
+    read: Callable[[aiohttp.ClientResponse], Awaitable[T]],
+    *, headers: Mapping[str, str] | None = None,
+) -> T:
+    """GET `uri` under the fetch rules and return what `read` makes of the final answer.
+
+    The rules: https unless allow_http, the address guard, same-origin redirects only, and
+    settings.timeout for the whole exchange (`read` included). `headers` go with each
+    request of the exchange, so only to the origin of `uri`.
+    Raises JwksFetchError: what `read` raises, or the reason of a failure on the way.
     """
     try:
         async with asyncio.timeout(settings.timeout):
-            return await _follow(session, URL(uri), settings, etag, clock)
+            return await _follow(session, URL(uri), settings, headers or {}, read)
     except JwksFetchError:
         raise
     except FETCH_FAILURES as exc:
@@ -134,16 +176,15 @@ def fetch_error_for(exc: BaseException, budget: float) -> JwksFetchError | None:
 
 
 async def _follow(
-    session: aiohttp.ClientSession, url: URL, settings: JwksFetchSettings, etag: str | None,
-    clock: Callable[[], float],
-) -> FetchResult:
+    session: aiohttp.ClientSession, url: URL, settings: JwksFetchSettings,
+    headers: Mapping[str, str], read: Callable[[aiohttp.ClientResponse], Awaitable[T]],
+) -> T:
     origin = (url.scheme, url.host, url.port)
-    headers = {"If-None-Match": etag} if etag is not None else {}
     for _ in range(MAX_REDIRECTS + 1):
         _check_target(url, settings)
         async with session.get(url, headers=headers, allow_redirects=False) as response:
             if response.status not in _REDIRECT_STATUSES:
-                return await _read_answer(response, settings, etag, clock)
+                return await read(response)
             location = response.headers.get("Location")
             if location is None:
                 raise JwksFetchError("bad_status", f"HTTP {response.status} without Location")
@@ -165,7 +206,7 @@ def _check_target(url: URL, settings: JwksFetchSettings) -> None:
 
 async def _read_answer(
     response: aiohttp.ClientResponse, settings: JwksFetchSettings, etag: str | None,
-    clock: Callable[[], float],
+    clock: Callable[[], float], parse: DocumentParser,
 ) -> FetchResult:
     if response.status == 304 and etag is not None:
         return FetchResult(not_modified=True, keys=(),
@@ -173,17 +214,26 @@ async def _read_answer(
                            lifetime=cache_lifetime(response.headers, clock(), settings))
     if response.status != 200:
         raise JwksFetchError("bad_status", f"HTTP {response.status}")
+    parsed = parse(await read_json_body(response, settings))
+    lifetime = (cache_lifetime(response.headers, clock(), settings) if parsed.lifetime is None
+                else min(max(parsed.lifetime, settings.min_ttl), settings.max_ttl))
+    return FetchResult(not_modified=False, keys=parsed.keys,
+                       etag=_entity_tag(response.headers.get("ETag")), lifetime=lifetime,
+                       keyset=parsed.keyset, problems=parsed.problems,
+                       document_lifetime=parsed.lifetime)
+
+
+async def read_json_body(response: aiohttp.ClientResponse, settings: JwksFetchSettings) -> bytes:
+    """The body of a JSON answer, read up to settings.max_bytes.
+
+    Raises JwksFetchError bad_content_type or too_large.
+    """
     content_type = response.headers.get("Content-Type")
     if not is_json_media_type(content_type):
         raise JwksFetchError("bad_content_type", f"{(content_type or '')[:60]!r}")
     if response.content_length is not None and response.content_length > settings.max_bytes:
         raise JwksFetchError("too_large", f"Content-Length {response.content_length}")
-    body = await _read_limited(response.content, settings.max_bytes)
-    keys, keyset, problems = parse_jwks_document(body)
-    return FetchResult(not_modified=False, keys=keys,
-                       etag=_entity_tag(response.headers.get("ETag")),
-                       lifetime=cache_lifetime(response.headers, clock(), settings),
-                       keyset=keyset, problems=problems)
+    return await _read_limited(response.content, settings.max_bytes)
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -219,13 +269,31 @@ def parse_jwks_document(
     bad_document (not a JSON JWK Set), secret_key_material (a private member or an 'oct'
     key anywhere in the set) or no_usable_key.
     """
+    parsed = _parse_plain(body)
+    return parsed.keys, parsed.keyset, parsed.problems
+
+
+def _parse_plain(body: bytes) -> ParsedJwks:
+    return usable_keys(import_jwks(load_jwk_set(body), "jwks"))
+
+
+def load_jwk_set(body: bytes) -> dict[str, Any]:
+    """The JSON object of a JWK Set body. Raises JwksFetchError bad_document."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as exc:  # deep nesting fits in max_bytes
         raise JwksFetchError("bad_document", "not JSON") from exc
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise JwksFetchError("bad_document", "not a JWK Set (an object with a 'keys' list)")
-    imported = import_jwks(document, "jwks")
+    return document
+
+
+def usable_keys(imported: KeySetImport) -> ParsedJwks:
+    """The usable keys of an imported JWK Set, and why the others were skipped.
+
+    Raises JwksFetchError secret_key_material (the set holds a secret anywhere) or
+    no_usable_key.
+    """
     # A key server publishing secrets is compromised or broken: trust none of its keys.
     if imported.secret:
         found = "; ".join(f"{path}: {message}" for path, message in imported.secret[:3])
@@ -233,4 +301,4 @@ def parse_jwks_document(
     problems = tuple(f"{path}: {message}" for path, message in imported.problems)
     if not imported.keys:
         raise JwksFetchError("no_usable_key", "; ".join(problems[:3]))
-    return imported.keys, imported.keyset, problems
+    return ParsedJwks(imported.keys, imported.keyset, problems)

@@ -1,4 +1,4 @@
-"""Remote key sources: a client's keys fetched from its jwks_uri, cached and refreshed."""
+"""Remote key sources: fetched keys cached, refreshed and kept stale; a client's jwks_uri."""
 
 from __future__ import annotations
 
@@ -29,28 +29,30 @@ MIN_DELAY = 0.05    # floor of every background wait, whatever the settings: no 
 # been compromised or misconfigured, and someone must look at it now.
 ALARMING_RESULTS = frozenset({"secret_key_material"})
 
-FetchCallback = Callable[[str, str], None]  # (client_id, result in jwks_fetch.FETCH_RESULTS)
-KeysCallback = Callable[[str, int], None]   # (client_id, usable key count)
+# Callbacks get the source's name: a client id, or a federation issuer's name.
+FetchCallback = Callable[[str, str], None]  # (name, result in jwks_fetch.FETCH_RESULTS)
+KeysCallback = Callable[[str, int], None]   # (name, usable key count)
 
 
-class RemoteKeySource:
-    """Keys fetched from a client's jwks_uri: cached, refreshed in the background, kept stale.
+class CachingKeySource:
+    """Keys fetched by a subclass's `_fetch`: cached, refreshed in the background, kept stale.
 
     Serves the last good set until ``max_stale`` past its expiry while fetches fail; a key
     miss may force one refetch per ``unknown_kid_refresh``, shared by all concurrent callers.
     """
 
-    kind = "jwks_uri"
+    kind = "remote"
+    owner = "client"  # what `name` names, in logs
 
     def __init__(
-        self, client_id: str, uri: str, settings: JwksFetchSettings,
-        session: aiohttp.ClientSession, *, clock: Callable[[], float] = time.time,
-        on_fetch: FetchCallback | None = None, on_keys: KeysCallback | None = None,
+        self, name: str, uri: str, settings: JwksFetchSettings, *,
+        clock: Callable[[], float] = time.time, on_fetch: FetchCallback | None = None,
+        on_keys: KeysCallback | None = None,
     ) -> None:
-        self.client_id = client_id
+        self.name = name
         self.uri = uri
         self.settings = settings
-        self._session = session
+        self._who = f"{self.owner} {name}"
         self._clock = clock
         self._on_fetch = on_fetch
         self._on_keys = on_keys
@@ -78,8 +80,8 @@ class RemoteKeySource:
         if self._clock() > self._expires_at + self.settings.max_stale:
             if not self._dropped:
                 self._dropped = True
-                log.warning("client %s: keys from %s are past max_stale; refusing until a fetch "
-                            "succeeds", self.client_id, self._where)
+                log.warning("%s: keys from %s are past max_stale; refusing until a fetch "
+                            "succeeds", self._who, self._where)
                 self._emit(self._on_keys, 0)
             return None
         return self._keyset
@@ -94,9 +96,14 @@ class RemoteKeySource:
         """Return once settled() is True or the source is closed."""
         await self._settled_or_closed.wait()
 
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called: the source fetches no more."""
+        return self._closed
+
     async def start(self) -> None:
         if self._runner is None and not self._closed:
-            self._runner = asyncio.create_task(self._run(), name=f"jwks:{self.client_id}")
+            self._runner = asyncio.create_task(self._run(), name=f"jwks:{self.name}")
 
     async def close(self) -> None:
         self._closed = True
@@ -148,7 +155,7 @@ class RemoteKeySource:
 
     def _start_fetch(self) -> asyncio.Task[None]:
         if self._inflight is None:
-            task = asyncio.create_task(self._fetch_once(), name=f"jwks-fetch:{self.client_id}")
+            task = asyncio.create_task(self._fetch_once(), name=f"jwks-fetch:{self.name}")
             task.add_done_callback(self._fetch_done)
             self._inflight = task
         return self._inflight
@@ -157,15 +164,18 @@ class RemoteKeySource:
         if self._inflight is task:
             self._inflight = None
 
+    async def _fetch(self, etag: str | None) -> FetchResult:
+        """One fetch of the keys, conditional on `etag`. Raises JwksFetchError."""
+        raise NotImplementedError
+
     async def _fetch_once(self) -> None:
         etag = self._etag if self._keyset is not None else None
         try:
-            result = await fetch_jwks(self._session, self.uri, self.settings, etag,
-                                      clock=self._clock)
+            result = await self._fetch(etag)
         except JwksFetchError as exc:
             self._record_failure(exc)
         except Exception:  # a bug here must not end the refresh loop; it is still a failure
-            log.exception("client %s: unexpected error fetching %s", self.client_id, self._where)
+            log.exception("%s: unexpected error fetching %s", self._who, self._where)
             self._record_failure(JwksFetchError("connect_error", "unexpected error"))
         else:
             self._record_success(result)
@@ -181,16 +191,16 @@ class RemoteKeySource:
         self._expires_at = now + result.lifetime
         self._etag = result.etag
         if result.not_modified:
-            log.debug("client %s: keys from %s unchanged, valid %.0fs", self.client_id,
-                      self._where, result.lifetime)
+            log.debug("%s: keys from %s unchanged, valid %.0fs", self._who, self._where,
+                      result.lifetime)
             self._emit(self._on_fetch, "not_modified")
         else:
             assert result.keyset is not None  # a 200 always carries an imported set
             self._keyset = result.keyset
             for problem in result.problems:
-                log.warning("client %s: %s: skipped %s", self.client_id, self._where, problem)
-            log.info("client %s: %d key(s) from %s, valid %.0fs", self.client_id,
-                     len(result.keyset.keys), self._where, result.lifetime)
+                log.warning("%s: %s: skipped %s", self._who, self._where, problem)
+            log.info("%s: %d key(s) from %s, valid %.0fs", self._who, len(result.keyset.keys),
+                     self._where, result.lifetime)
             self._emit(self._on_fetch, "ok")
         if self._dropped or not result.not_modified:
             self._dropped = False
@@ -203,7 +213,7 @@ class RemoteKeySource:
         self._failures += 1
         held = "serving the last good keys" if self.current() is not None else "no keys to serve"
         level = logging.ERROR if error.reason in ALARMING_RESULTS else logging.WARNING
-        log.log(level, "client %s: fetching keys from %s failed (%s: %s); %s", self.client_id,
+        log.log(level, "%s: fetching keys from %s failed (%s: %s); %s", self._who,
                 self._where, error.reason, error.detail, held)
         self._emit(self._on_fetch, error.reason)
         backoff = FIRST_RETRY * 2 ** min(self._failures - 1, 16)
@@ -216,6 +226,25 @@ class RemoteKeySource:
     def _emit(self, callback: Callable[[str, Any], None] | None, value: str | int) -> None:
         if callback is not None:
             try:
-                callback(self.client_id, value)
+                callback(self.name, value)
             except Exception:  # metrics must never break key refresh
-                log.exception("client %s: metrics callback failed", self.client_id)
+                log.exception("%s: metrics callback failed", self._who)
+
+
+class RemoteKeySource(CachingKeySource):
+    """A client's keys fetched from its jwks_uri over the shared JWKS session."""
+
+    kind = "jwks_uri"
+
+    def __init__(
+        self, client_id: str, uri: str, settings: JwksFetchSettings,
+        session: aiohttp.ClientSession, *, clock: Callable[[], float] = time.time,
+        on_fetch: FetchCallback | None = None, on_keys: KeysCallback | None = None,
+    ) -> None:
+        super().__init__(client_id, uri, settings, clock=clock, on_fetch=on_fetch,
+                         on_keys=on_keys)
+        self.client_id = client_id
+        self._session = session
+
+    async def _fetch(self, etag: str | None) -> FetchResult:
+        return await fetch_jwks(self._session, self.uri, self.settings, etag, clock=self._clock)
