@@ -11,8 +11,15 @@ from datetime import time as datetime_time
 from email.utils import format_datetime
 from typing import Any
 
-import aiohttp
-
+from gateway.adapters.federation_runtime import (
+    RemoteKeys as RemoteKeys,  # part of this module's API
+)
+from gateway.adapters.federation_runtime import (
+    build_federation,
+    build_issuers,
+    issuer_trusts,
+    ledger_subjects,
+)
 from gateway.adapters.redis_topology import build_redis_ledger
 from gateway.adapters.remote_keys import RemoteKeySource
 from gateway.config.errors import ConfigError
@@ -21,15 +28,14 @@ from gateway.config.yaml_dialect import join_path
 from gateway.core.assertion import AssertionPolicy
 from gateway.core.backend_auth import BackendCredential
 from gateway.core.clients import ClientRuntime, LegacyPolicy
-from gateway.core.credentials import RegisteredKeys
+from gateway.core.credentials import AssertionCredential, RegisteredKeys
+from gateway.core.federation import NO_FEDERATION, Federation
 from gateway.core.keyset import import_jwks
 from gateway.core.keysource import KeySource, StaticKeySource
 from gateway.core.replay import MemoryReplayLedger, ReplayLedger
 
 # The in-process tier in front of Redis only saves round trips: it need not hold everything.
 LOCAL_TIER_MAX_ENTRIES = 100_000
-FetchHook = Callable[[str, str], None]
-KeysHook = Callable[[str, int], None]
 
 
 def _legacy_policy(settings: Settings, client_id: str) -> LegacyPolicy | None:
@@ -52,9 +58,13 @@ class Runtime:
     clients: Mapping[str, ClientRuntime]
     endpoints: frozenset[str]
     passthrough: frozenset[str]
+    federation: Federation = NO_FEDERATION
 
     def sources(self) -> list[KeySource]:
-        return [source for client in self.clients.values() for source in client.key_sources()]
+        """Every key source in use, each once (an issuer's serves all clients trusting it)."""
+        every = [source for client in self.clients.values() for source in client.key_sources()]
+        every += self.federation.sources()
+        return list({id(source): source for source in every}.values())
 
     def keys_settled(self) -> bool:
         """Every key source has keys or has failed its first fetch (what /readyz waits for)."""
@@ -66,15 +76,6 @@ class RuntimeSlot:
 
     def __init__(self, runtime: Runtime) -> None:
         self.current = runtime
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteKeys:
-    """What building a runtime needs to create remote key sources."""
-
-    session: aiohttp.ClientSession
-    on_fetch: FetchHook | None = None
-    on_keys: KeysHook | None = None
 
 
 def _policies(settings: Settings, client_id: str) -> dict[str, AssertionPolicy]:
@@ -136,30 +137,42 @@ def build_runtime(
 ) -> Runtime:
     """Import every key and prepare every policy once; disabled clients are left out.
 
-    Without ``remote`` (a configuration check), clients with a jwks_uri are validated but
-    not served. Raises ConfigError for a key set that cannot be imported.
+    Without ``remote`` (a configuration check), clients with a jwks_uri, or trusting an
+    issuer whose keys are fetched, are validated but not served. Raises ConfigError for a
+    key set that cannot be imported.
     """
     clients: dict[str, ClientRuntime] = {}
     problems: list[tuple[str, str]] = []
     old_sources = _registered_sources(previous)
+    try:
+        issuers = build_issuers(settings, remote, previous.federation if previous else None)
+    except ConfigError as exc:
+        problems += exc.problems
+        issuers = {}
     for client_id, client in settings.clients.items():
         # A disabled client's configured keys are checked too; nothing is fetched for it.
         fetching = remote if client.enabled else None
-        try:
-            keys = _key_source(settings, client_id, fetching, old_sources)
-        except ConfigError as exc:
-            problems += exc.problems
-            continue
-        if keys is None or not client.enabled:
+        credentials: tuple[AssertionCredential, ...] = ()
+        if client.has_own_keys:
+            try:
+                keys = _key_source(settings, client_id, fetching, old_sources)
+            except ConfigError as exc:
+                problems += exc.problems
+                continue
+            if keys is None:
+                continue
+            credentials = (RegisteredKeys(client_id, keys, _policies(settings, client_id),
+                                          allow_reuse=client.allow_assertion_reuse),)
+        federated = issuer_trusts(settings, client_id, issuers)
+        if federated is None or not client.enabled:
             continue
         auth = client.backend_auth
-        registered = RegisteredKeys(client_id, keys, _policies(settings, client_id),
-                                    allow_reuse=client.allow_assertion_reuse)
         clients[client_id] = ClientRuntime(
             client_id=client_id,
-            credentials=(registered,),
+            credentials=credentials,
             backend=BackendCredential(client_id, auth.method, auth.secret_value()),
             legacy=_legacy_policy(settings, client_id),
+            federated=federated,
         )
     if problems:
         raise ConfigError(problems)
@@ -168,6 +181,7 @@ def build_runtime(
         clients=clients,
         endpoints=frozenset(settings.endpoints),
         passthrough=frozenset(settings.passthrough),
+        federation=build_federation(settings, issuers, clients),
     )
 
 
@@ -203,7 +217,7 @@ def build_ledger(settings: Settings, *,
         "username": replay.redis_username, "password": replay.password_value(),
         "timeout": replay.timeout, "max_connections": replay.redis_max_connections,
         "local_max_entries": min(replay.max_entries, LOCAL_TIER_MAX_ENTRIES),
-        "subjects": tuple(settings.clients), "on_reset": on_reset}
+        "subjects": ledger_subjects(settings), "on_reset": on_reset}
     if replay.redis_sentinels:
         return build_redis_ledger(
             sentinels=[_host_port(node) for node in replay.redis_sentinels],

@@ -23,7 +23,11 @@ class AuditRecord:
     result: str
     reason: str
     client: str | None = None
-    method: str | None = None  # private_key_jwt, or a shared-secret method in migration mode
+    method: str | None = None  # private_key_jwt, federated, or a shared-secret method
+    # Federated tokens: the trust that accepted, the configured issuer, the token's own sub.
+    trust: str | None = None
+    issuer: str | None = None
+    subject: str | None = None
     kid: str | None = None
     key_thumbprint: str | None = None
     jti_hash: str | None = None
@@ -41,6 +45,10 @@ class AuditRecord:
         self.alg = attempt.alg
         self.key_thumbprint = attempt.key_thumbprint
         self.jti_hash = attempt.jti_hash
+        if attempt.issuer is not None:
+            self.trust = attempt.trust
+            self.issuer = attempt.issuer
+            self.subject = attempt.subject
 
 
 _FIELDS = tuple(field.name for field in fields(AuditRecord))

@@ -54,6 +54,10 @@ class GatewayMetrics:
             "pkjwt_replay_ledger_resets_total",
             "Losses of the shared replay ledger's data (restart, flush, failover) learnt of.",
             registry=r)
+        self.federation_decisions = Counter(
+            "pkjwt_federation_decisions_total",
+            "Federated trusts' verdicts on verified platform tokens (match or mismatch).",
+            ("client", "trust", "mode", "result"), registry=r)
         self.jwks_fetch = Counter(
             "pkjwt_jwks_fetch_total", "Remote JWKS fetches.", ("client", "result"), registry=r)
         # Gauges say how worker processes combine under multiprocess mode.
@@ -110,6 +114,10 @@ class GatewayMetrics:
         self.tally.count((self.client_auth, client, endpoint, result, reason, method))
         if not self._flush_pending:
             self._flush_soon()
+
+    def count_federation_decision(self, client: str, trust: str, mode: str, result: str) -> None:
+        """One trust's verdict: ``mode`` enforce or shadow, ``result`` match or mismatch."""
+        self.tally.count((self.federation_decisions, client, trust, mode, result))
 
     def observe_verification(self, seconds: float) -> None:
         self.tally.observe((self.verification_seconds,), VERIFICATION_BUCKETS, seconds)

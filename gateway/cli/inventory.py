@@ -23,6 +23,18 @@ class KeyEntry:
 
 
 @dataclass
+class TrustEntry:
+    name: str
+    issuer: str  # the name under federation.issuers
+    issuer_url: str | None
+    subject: str | None
+    subject_pattern: str | None
+    claims: list[str]  # the claims the trust pins (names only)
+    mode: str
+    replay: str
+
+
+@dataclass
 class ClientEntry:
     client: str
     enabled: bool
@@ -32,6 +44,7 @@ class ClientEntry:
     cache_expires_at: str | None = None
     error: str | None = None
     keys: list[KeyEntry] = field(default_factory=list)
+    trusts: list[TrustEntry] = field(default_factory=list)
 
 
 def _iso(epoch: float) -> str:
@@ -53,8 +66,26 @@ async def collect_inventory(settings: Settings) -> list[ClientEntry]:
         await session.close()
 
 
+def _trusts(settings: Settings, client_id: str) -> list[TrustEntry]:
+    issuers = settings.federation.issuers
+    return [TrustEntry(
+        trust.name, trust.issuer,
+        issuers[trust.issuer].issuer or issuers[trust.issuer].trust_domain
+        if trust.issuer in issuers else None,
+        trust.subject, trust.subject_pattern, sorted(trust.claims), trust.mode, trust.replay)
+        for trust in settings.clients[client_id].federated]
+
+
 async def _describe(settings: Settings, client_id: str, session: Any) -> ClientEntry:
+    entry = await _describe_keys(settings, client_id, session)
+    entry.trusts = _trusts(settings, client_id)
+    return entry
+
+
+async def _describe_keys(settings: Settings, client_id: str, session: Any) -> ClientEntry:
     client = settings.clients[client_id]
+    if not client.has_own_keys:
+        return ClientEntry(client_id, client.enabled, "federated")
     if client.jwks_uri is None:
         source, document = client.configured_jwks() or ("jwks", None)
         imported = import_jwks(document, join_path(join_path("clients", client_id), source))
@@ -90,4 +121,10 @@ def render_inventory(entries: list[ClientEntry], *, as_json: bool) -> str:
         for key in entry.keys:
             lines.append(f"  kid={key.kid or '-'} kty={key.kty} alg={','.join(key.algorithms)}"
                          f" thumbprint={key.thumbprint}")
+        for trust in entry.trusts:
+            subject = (f"subject={trust.subject}" if trust.subject is not None
+                       else f"subject_pattern={trust.subject_pattern}")
+            pinned = f" claims={','.join(trust.claims)}" if trust.claims else ""
+            lines.append(f"  trust {trust.name}: issuer={trust.issuer} {subject}{pinned}"
+                         f" mode={trust.mode} replay={trust.replay}")
     return "\n".join(lines)

@@ -78,6 +78,7 @@ class VerifiedAssertion:
     kid: str | None
     key_thumbprint: str
     iat: float | None = None  # when the client says it issued the assertion, if it did
+    credential: str | None = None  # the federated trust that accepted it
 
 
 def parse_assertion(token: str) -> ParsedAssertion:
@@ -109,9 +110,9 @@ def verify_assertion(
     try:
         header = parsed.header
         alg = header["alg"]
-        _check_algorithm(alg, policy)
-        _check_typ(header.get("typ"), policy.require_typ)
-        key = _verify_signature(parsed, alg, select_keys(header, keys, alg))
+        check_algorithm(alg, policy.algorithms)
+        check_typ(header.get("typ"), policy.require_typ)
+        key = verify_signature(parsed, alg, select_keys(header, keys, alg))
         if "x5c" in header:  # only assertions carrying a certificate pay for parsing it
             check_certificate_binding(header["x5c"], key.key)
         jti, exp = _check_claims(parsed.claims, policy, now)
@@ -209,15 +210,15 @@ def _decode_json(segment: str, part: str) -> Any:
         raise InvalidClient(Reason.MALFORMED, f"{part}: not JSON ({type(exc).__name__})") from exc
 
 
-def _check_algorithm(alg: str, policy: AssertionPolicy) -> None:
-    allowed = policy.algorithms
+def check_algorithm(alg: str, allowed: frozenset[str]) -> None:
+    """Raises InvalidClient alg_not_allowed unless ``alg`` is known and in ``allowed``."""
     if alg not in JWS_ALGORITHMS or not (
         alg in allowed or (alg in EDDSA_NAMES and not EDDSA_NAMES.isdisjoint(allowed))
     ):
         raise InvalidClient(Reason.ALG_NOT_ALLOWED, repr(alg)[:40])
 
 
-def _check_typ(typ: str | None, require_typ: bool) -> None:
+def check_typ(typ: str | None, require_typ: bool) -> None:
     explicit = False
     if typ is not None:
         explicit_or_none = _TYP_VALUES.get(typ.lower())
@@ -228,7 +229,7 @@ def _check_typ(typ: str | None, require_typ: bool) -> None:
         raise InvalidClient(Reason.MISSING_TYP, f"typ must be {ASSERTION_TYP}")
 
 
-def _verify_signature(
+def verify_signature(
     parsed: ParsedAssertion, alg: str, candidates: tuple[VerificationKey, ...]
 ) -> VerificationKey:
     signing_input, signature = parsed.signing_input, parsed.signature
@@ -248,29 +249,53 @@ def _check_claims(
         raise InvalidClient(Reason.BAD_ISSUER, repr(claims.get("iss"))[:80])
     if claims.get("sub") != client_id:
         raise InvalidClient(Reason.BAD_SUBJECT, repr(claims.get("sub"))[:80])
-    _check_audience(claims.get("aud"), policy.audiences)
+    check_audience(claims.get("aud"), policy.audiences)
+    exp, _ = check_times(claims, policy.clock_skew, now)
+    check_lifetime(claims, exp, policy.max_lifetime, now)
+    return check_jti(claims), exp
+
+
+def check_times(
+    claims: Mapping[str, Any], clock_skew: float, now: float, *, require_iat: bool = False
+) -> tuple[float, float | None]:
+    """exp (required), iat and nbf against ``now`` give or take ``clock_skew``: (exp, iat).
+
+    Raises InvalidClient missing_exp, missing_iat (with ``require_iat``), bad_claims,
+    bad_time_window, expired, issued_in_future or not_yet_valid.
+    """
     if "exp" not in claims:
         raise InvalidClient(Reason.MISSING_EXP)
-    exp = _numeric_date(claims, "exp")
-    iat = _numeric_date(claims, "iat") if "iat" in claims else None
-    nbf = _numeric_date(claims, "nbf") if "nbf" in claims else None
+    if require_iat and "iat" not in claims:
+        raise InvalidClient(Reason.MISSING_IAT)
+    exp = numeric_date(claims, "exp")
+    iat = numeric_date(claims, "iat") if "iat" in claims else None
+    nbf = numeric_date(claims, "nbf") if "nbf" in claims else None
     # An empty or inverted window is no assertion at all, however the skew would treat it.
     if (iat is not None and exp <= iat) or (nbf is not None and nbf >= exp):
         raise InvalidClient(Reason.BAD_TIME_WINDOW, f"iat {iat} nbf {nbf} exp {exp}")
-    skew = policy.clock_skew
-    if exp + skew <= now:
+    if exp + clock_skew <= now:
         raise InvalidClient(Reason.EXPIRED, f"exp {exp} now {now}")
-    if iat is not None and iat > now + skew:
+    if iat is not None and iat > now + clock_skew:
         raise InvalidClient(Reason.ISSUED_IN_FUTURE, f"iat {iat} now {now}")
-    if nbf is not None and nbf > now + skew:
+    if nbf is not None and nbf > now + clock_skew:
         raise InvalidClient(Reason.NOT_YET_VALID, f"nbf {nbf} now {now}")
+    return float(exp), (None if iat is None else float(iat))
+
+
+def check_lifetime(
+    claims: Mapping[str, Any], exp: float, max_lifetime: float, now: float
+) -> None:
+    """exp - iat (exp - now without iat) at most ``max_lifetime``; call after check_times.
+
+    Raises InvalidClient lifetime_too_long.
+    """
+    iat = claims.get("iat")
     lifetime = exp - (now if iat is None else iat)
-    if lifetime > policy.max_lifetime:
+    if lifetime > max_lifetime:
         raise InvalidClient(Reason.LIFETIME_TOO_LONG, f"{lifetime:.0f}s")
-    return _check_jti(claims), float(exp)
 
 
-def _check_audience(aud: object, audiences: frozenset[str]) -> None:
+def check_audience(aud: object, audiences: frozenset[str]) -> None:
     # One audience only: a token valid at several servers is one any of them can replay here.
     if type(aud) is list:
         if len(aud) != 1:
@@ -280,7 +305,7 @@ def _check_audience(aud: object, audiences: frozenset[str]) -> None:
         raise InvalidClient(Reason.BAD_AUDIENCE, repr(aud)[:120])
 
 
-def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
+def numeric_date(claims: Mapping[str, Any], name: str) -> float:
     value = claims[name]
     kind = type(value)  # bool is an int subclass: compare types exactly
     # The range check also refuses NaN and infinities (every comparison with NaN is false).
@@ -289,7 +314,7 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
     return value  # type: ignore[no-any-return]
 
 
-def _check_jti(claims: Mapping[str, Any]) -> str:
+def check_jti(claims: Mapping[str, Any]) -> str:
     if "jti" not in claims:
         raise InvalidClient(Reason.MISSING_JTI)
     jti = claims["jti"]

@@ -32,6 +32,15 @@ class ReplayCheck:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class FederationDecision:
+    """One federated trust's verdict on a verified token: ``result`` is match or mismatch."""
+
+    trust: str
+    mode: str  # enforce or shadow
+    result: str
+
+
 @dataclass(slots=True)
 class Attempt:
     """Filled in step by step; a refusal carries it on ``GatewayError.attempt``."""
@@ -45,3 +54,9 @@ class Attempt:
     jti_hash: str | None = None
     verification_seconds: float | None = None  # parsing and verifying, refusals included
     replay: ReplayCheck | None = None
+    # Federated tokens: the configured issuer's name, the token's own sub (bounded), the
+    # trust that accepted it, and every trust's verdict (shadow trusts included).
+    issuer: str | None = None
+    subject: str | None = None
+    trust: str | None = None
+    decisions: tuple[FederationDecision, ...] = ()

@@ -28,7 +28,8 @@ from gateway.core.errors import (
     TooManyRequests,
     UnsupportedAuthMethod,
 )
-from gateway.core.form import TokenForm, parse_form
+from gateway.core.federation import FEDERATED, NO_FEDERATION, Federation, FederationIssuer
+from gateway.core.form import SPIFFE_ASSERTION_TYPE, TokenForm, parse_form
 from gateway.core.legacy import identify_secret_client
 from gateway.core.reasons import Reason
 from gateway.core.replay import ReplayLedger
@@ -108,10 +109,12 @@ class Authenticator:
             raise TooManyRequests(Reason.TOO_MANY_FAILURES, retry_after, "from this address")
 
     async def authenticate(
-        self, request: TokenRequest, clients: Mapping[str, ClientRuntime]
+        self, request: TokenRequest, clients: Mapping[str, ClientRuntime],
+        federation: Federation = NO_FEDERATION,
     ) -> Approval:
-        """Authenticate ``request`` against ``clients`` (read once: a reload does not change it);
-        the caller has checked ``admit(request.remote)`` before reading the body.
+        """Authenticate ``request`` against ``clients`` and the declared ``federation``
+        issuers (both read once: a reload does not change them); the caller has checked
+        ``admit(request.remote)`` before reading the body.
 
         Raises GatewayError (InvalidRequest, InvalidClient, TooManyRequests,
         TemporarilyUnavailable) with ``attempt`` set; every InvalidClient spends a token of
@@ -125,7 +128,8 @@ class Authenticator:
                                   query_string=request.query_string, max_body=self.max_body)
             except UnsupportedAuthMethod as refusal:
                 return self._admit_secret(request, clients, attempt, refusal)
-            return await self._authenticate_assertion(request, form, clients, attempt)
+            return await self._authenticate_assertion(request, form, clients, federation,
+                                                      attempt)
         except GatewayError as error:
             error.attempt = attempt
             if isinstance(error, InvalidClient):  # failed authentications slow down
@@ -137,21 +141,29 @@ class Authenticator:
 
     async def _authenticate_assertion(
         self, request: TokenRequest, form: TokenForm, clients: Mapping[str, ClientRuntime],
-        attempt: Attempt,
+        federation: Federation, attempt: Attempt,
     ) -> Approval:
         clock = self.clock
         started = clock.monotonic()
         try:  # refused tokens cost CPU too: every attempt is timed
             parsed = parse_assertion(form.assertion)
             attempt.kid, attempt.alg = untrusted(parsed.kid), untrusted(parsed.header.get("alg"))
-            client = self._resolve(form, parsed, clients, attempt)
-            credential = client.credential_for(parsed)
+            credential: AssertionCredential
+            issuer = federation.issuer_for(parsed) if federation.by_iss or \
+                federation.by_trust_domain else None
+            if issuer is not None or form.assertion_type == SPIFFE_ASSERTION_TYPE:
+                client, credential = self._resolve_federated(form, parsed, issuer, clients,
+                                                             federation, attempt)
+            else:
+                client = self._resolve(form, parsed, clients, attempt)
+                credential = client.credential_for(parsed)
             attempt.credential = credential.name
             now = clock.time()
             try:
-                verified = credential.verify(parsed, request.endpoint, now)
+                verified = credential.verify(parsed, request.endpoint, now, attempt)
             except KeyMiss:
-                refreshed = await credential.verify_after_refresh(parsed, request.endpoint, now)
+                refreshed = await credential.verify_after_refresh(parsed, request.endpoint, now,
+                                                                  attempt)
                 if refreshed is None:
                     # A bare raise: a frame holding the exception would make a reference
                     # cycle of every refused request, left to the cyclic collector.
@@ -169,18 +181,64 @@ class Authenticator:
         attempt: Attempt,
     ) -> ClientRuntime:
         """The client the request names (client_id, else the assertion's sub), if not braked."""
+        iss = parsed.claims.get("iss")
+        # iss != sub: a token some other issuer made, and no declared issuer made it.
+        third_party = type(iss) is str and iss != parsed.subject
         if form.client_id is not None and parsed.subject != form.client_id:
+            named = clients.get(form.client_id)
+            if named is not None and named.federated and third_party:
+                attempt.client = named.client_id
+                raise InvalidClient(Reason.UNKNOWN_ISSUER, untrusted(iss) or "")
             raise InvalidRequest(Reason.CLIENT_ID_MISMATCH)
         claimed = form.client_id if form.client_id is not None else parsed.subject
         client = clients.get(claimed) if claimed is not None else None
         if client is None:
+            if third_party and form.client_id is None:
+                raise InvalidClient(Reason.UNKNOWN_ISSUER, untrusted(iss) or "")
             raise InvalidClient(Reason.UNKNOWN_CLIENT, untrusted(claimed) or "")
         attempt.client = client.client_id
+        self._check_client_brake(client)
+        return client
+
+    def _resolve_federated(
+        self, form: TokenForm, parsed: ParsedAssertion, issuer: FederationIssuer | None,
+        clients: Mapping[str, ClientRuntime], federation: Federation, attempt: Attempt,
+    ) -> tuple[ClientRuntime, AssertionCredential]:
+        """The client and its trusts in the token's issuer: client_id names the client, else
+        the exact (issuer, subject) must name exactly one. Nothing is guessed."""
+        attempt.method = FEDERATED
+        if issuer is None:
+            raise InvalidClient(Reason.UNKNOWN_ISSUER, "jwt-spiffe from an undeclared domain")
+        if form.assertion_type == SPIFFE_ASSERTION_TYPE and issuer.trust_domain is None:
+            raise InvalidRequest(Reason.BAD_ASSERTION_TYPE, f"jwt-spiffe for {issuer.name}")
+        attempt.issuer = issuer.name
+        subject = parsed.subject
+        attempt.subject = untrusted(subject)
+        if form.client_id is not None:
+            client = clients.get(form.client_id)
+            if client is None:
+                raise InvalidClient(Reason.UNKNOWN_CLIENT, untrusted(form.client_id) or "")
+        else:
+            trusted_by = federation.exact.get((issuer.name, subject or ""), ())
+            named = [client_id for client_id in trusted_by if client_id in clients]
+            if not named:
+                raise InvalidClient(Reason.NO_TRUST, "no client_id, and no trust of this subject")
+            if len(named) > 1:
+                raise InvalidClient(Reason.AMBIGUOUS_IDENTITY,
+                                    f"{len(named)} clients trust it: client_id is required")
+            client = clients[named[0]]
+        attempt.client = client.client_id
+        self._check_client_brake(client)
+        credential = client.federated.get(issuer.name)
+        if credential is None:
+            raise InvalidClient(Reason.NO_TRUST, f"no trust in issuer {issuer.name}")
+        return client, credential
+
+    def _check_client_brake(self, client: ClientRuntime) -> None:
         # Checked before any signature is: a flood of bad assertions for one client costs little.
         retry_after = self.brakes.per_client.retry_after(client.client_id, self.clock.monotonic())
         if retry_after is not None:
             raise TooManyRequests(Reason.TOO_MANY_FAILURES, retry_after, "for this client")
-        return client
 
     async def _record(
         self, credential: AssertionCredential, verified: VerifiedAssertion, assertion: str,

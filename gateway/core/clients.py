@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from gateway.core.assertion import ParsedAssertion
 from gateway.core.backend_auth import BackendCredential
 from gateway.core.credentials import AssertionCredential
+from gateway.core.errors import InvalidClient
+from gateway.core.federation import IssuerTrusts
 from gateway.core.keysource import KeySource
+from gateway.core.reasons import Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,23 +31,31 @@ class ClientRuntime:
     """One configured client, ready to authenticate and to be forwarded for."""
 
     client_id: str
-    # What the client may prove itself with; the first is used when an assertion claims
-    # none of them, so its checks name what is wrong.
+    # What the client may prove itself with (iss = sub = client_id); the first is used when
+    # an assertion claims none of them, so its checks name what is wrong.
     credentials: tuple[AssertionCredential, ...]
     backend: BackendCredential
     legacy: LegacyPolicy | None = None  # migration mode: shared secrets still accepted
+    # Federated trusts, by the name of the issuer they trust.
+    federated: Mapping[str, IssuerTrusts] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        if not self.credentials:
+        if not self.credentials and not self.federated:
             raise ValueError(f"client {self.client_id!r} has no credential")
 
     def key_sources(self) -> tuple[KeySource, ...]:
-        return tuple(source for credential in self.credentials
-                     for source in credential.key_sources())
+        every = (*self.credentials, *self.federated.values())
+        return tuple(source for credential in every for source in credential.key_sources())
 
     def credential_for(self, parsed: ParsedAssertion) -> AssertionCredential:
-        """The credential the assertion claims to be made for, else the first one."""
+        """The credential the assertion claims to be made for, else the first one.
+
+        Raises InvalidClient ``unknown_issuer`` for a client with federated trusts only:
+        an assertion of its own, or from an issuer nobody declared, has nothing to meet.
+        """
         for credential in self.credentials:
             if credential.matches(parsed):
                 return credential
+        if not self.credentials:
+            raise InvalidClient(Reason.UNKNOWN_ISSUER, "the client has federated trusts only")
         return self.credentials[0]

@@ -19,6 +19,7 @@ from gateway.core.assertion import (
     VerifiedAssertion,
     verify_assertion,
 )
+from gateway.core.attempt import Attempt
 from gateway.core.errors import TemporarilyUnavailable
 from gateway.core.keysource import KeySource
 from gateway.core.reasons import Reason
@@ -56,8 +57,10 @@ class AssertionCredential(Protocol):
         """Whether this credential is the one the assertion claims to be made for."""
         ...
 
-    def verify(self, parsed: ParsedAssertion, endpoint: str, now: float) -> VerifiedAssertion:
-        """Signature, then claims under this credential's policy for ``endpoint``.
+    def verify(self, parsed: ParsedAssertion, endpoint: str, now: float,
+               attempt: Attempt) -> VerifiedAssertion:
+        """Signature, then claims under this credential's policy for ``endpoint``; what the
+        kind learns on the way (a trust's name, its verdicts) goes on ``attempt``.
 
         Raises KeyMiss when no key verified (``verify_after_refresh`` may then help),
         another InvalidClient for any other failed check, TemporarilyUnavailable when
@@ -66,7 +69,7 @@ class AssertionCredential(Protocol):
         ...
 
     async def verify_after_refresh(
-        self, parsed: ParsedAssertion, endpoint: str, now: float
+        self, parsed: ParsedAssertion, endpoint: str, now: float, attempt: Attempt
     ) -> VerifiedAssertion | None:
         """After a key miss: refetch the keys when the source may, and verify again.
 
@@ -106,14 +109,15 @@ class RegisteredKeys:
     def matches(self, parsed: ParsedAssertion) -> bool:
         return parsed.claims.get("iss") == self.client_id
 
-    def verify(self, parsed: ParsedAssertion, endpoint: str, now: float) -> VerifiedAssertion:
+    def verify(self, parsed: ParsedAssertion, endpoint: str, now: float,
+               attempt: Attempt) -> VerifiedAssertion:
         keys = self.source.current()
         if keys is None:
             raise TemporarilyUnavailable(Reason.KEYS_UNAVAILABLE)
         return verify_assertion(parsed, keys, self.policies[endpoint], now)
 
     async def verify_after_refresh(
-        self, parsed: ParsedAssertion, endpoint: str, now: float
+        self, parsed: ParsedAssertion, endpoint: str, now: float, attempt: Attempt
     ) -> VerifiedAssertion | None:
         # A rotated key shows up as an unknown kid (or, without a kid, as no key verifying).
         held = self.source.current()

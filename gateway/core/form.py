@@ -16,6 +16,9 @@ from gateway.core.errors import (
 from gateway.core.reasons import Reason
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# draft-ietf-oauth-spiffe-client-auth: a JWT-SVID as the client assertion.
+SPIFFE_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe"
+ASSERTION_TYPES = frozenset({ASSERTION_TYPE, SPIFFE_ASSERTION_TYPE})
 FORM_CHARSETS = frozenset({"utf-8", "us-ascii"})
 MAX_PARAMETERS = 100
 
@@ -27,8 +30,8 @@ _ENVELOPE = frozenset({"client_assertion", "client_assertion_type", "client_id"}
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Every request carries the assertion type, nearly always percent-encoded: skip unquote for it.
 _KNOWN_ESCAPED = {
-    quote(ASSERTION_TYPE, safe=""): ASSERTION_TYPE,
-    quote(ASSERTION_TYPE, safe="").replace("%3A", "%3a"): ASSERTION_TYPE,
+    escaped: kind for kind in ASSERTION_TYPES
+    for escaped in (quote(kind, safe=""), quote(kind, safe="").replace("%3A", "%3a"))
 }
 _QUERY_SEPARATORS = re.compile(r"[&;]")
 
@@ -38,6 +41,7 @@ class TokenForm:
     params: tuple[tuple[str, str], ...]  # every parameter except the assertion pair and client_id
     client_id: str | None
     assertion: str
+    assertion_type: str = ASSERTION_TYPE  # jwt-bearer, or jwt-spiffe for a JWT-SVID
 
 
 def parse_form(
@@ -76,12 +80,13 @@ def parse_form(
     assertion_type = fields.get("client_assertion_type")
     if assertion_type is None:
         raise InvalidRequest(Reason.MISSING_ASSERTION_TYPE)
-    if assertion_type != ASSERTION_TYPE:
+    if assertion_type not in ASSERTION_TYPES:
         raise InvalidRequest(Reason.BAD_ASSERTION_TYPE, repr(assertion_type)[:120])
     return TokenForm(
         params=tuple((name, value) for name, value in fields.items() if name not in _ENVELOPE),
         client_id=fields.get("client_id"),
         assertion=assertion,
+        assertion_type=assertion_type,
     )
 
 

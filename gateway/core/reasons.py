@@ -57,6 +57,13 @@ class Reason(StrEnum):
     MISSING_JTI = "missing_jti"
     BAD_JTI = "bad_jti"
     BAD_CLAIMS = "bad_claims"
+    MISSING_IAT = "missing_iat"  # a federated token must say when it was issued
+    # Federated trusts (401).
+    UNKNOWN_ISSUER = "unknown_issuer"
+    NO_TRUST = "no_trust"
+    SUBJECT_MISMATCH = "subject_mismatch"
+    CLAIM_MISMATCH = "claim_mismatch"
+    AMBIGUOUS_IDENTITY = "ambiguous_identity"
     REPLAYED = "replayed"
     # Slow down, or fail closed (429, 503).
     TOO_MANY_FAILURES = "too_many_failures"

@@ -123,7 +123,8 @@ class PublicHandler:
                 endpoint=path, body=body, content_type=request.headers.get("Content-Type"),
                 authorization=request.headers.get("Authorization"),
                 query_string=request.query_string, remote=request.remote or "")
-            outcome = await self.authenticator.authenticate(token_request, runtime.clients)
+            outcome = await self.authenticator.authenticate(token_request, runtime.clients,
+                                                            runtime.federation)
             headers, forwarded = self._rewrite(request, request_id, body, outcome)
             try:
                 response, backend_status = await self._upstream().forward(
@@ -173,6 +174,10 @@ class PublicHandler:
             if attempt.replay is not None:
                 metrics.count_replay_check(attempt.replay.store, attempt.replay.result,
                                            attempt.replay.seconds)
+            if attempt.decisions and attempt.client is not None:
+                for decision in attempt.decisions:
+                    metrics.count_federation_decision(attempt.client, decision.trust,
+                                                      decision.mode, decision.result)
         metrics.count_auth(record.client or UNKNOWN_CLIENT, path, result, reason,
                            record.method or PRIVATE_KEY_JWT)
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)

@@ -16,6 +16,7 @@ from gateway.core.assertion import (
     VerifiedAssertion,
     verify_assertion,
 )
+from gateway.core.attempt import Attempt
 from gateway.core.authenticator import Approval, Authenticator, Brakes, TokenRequest
 from gateway.core.backend_auth import BackendCredential
 from gateway.core.brakes import FailureLimiter
@@ -324,7 +325,8 @@ class PartnerIssuerKeys:
     def matches(self, parsed: ParsedAssertion) -> bool:
         return parsed.claims.get("iss") == self.issuer
 
-    def verify(self, parsed: ParsedAssertion, endpoint: str, now: float) -> VerifiedAssertion:
+    def verify(self, parsed: ParsedAssertion, endpoint: str, now: float,
+               attempt: Attempt) -> VerifiedAssertion:
         claims: Mapping[str, object] = parsed.claims
         if claims.get("sub") != self.client_id:
             raise InvalidClient("bad_subject")
@@ -333,7 +335,7 @@ class PartnerIssuerKeys:
         return verify_assertion(as_client, self.keys, policy(self.client_id), now)
 
     async def verify_after_refresh(self, parsed: ParsedAssertion, endpoint: str,
-                                   now: float) -> VerifiedAssertion | None:
+                                   now: float, attempt: Attempt) -> VerifiedAssertion | None:
         return None
 
     def replay_entry(self, verified: VerifiedAssertion, assertion: str,
