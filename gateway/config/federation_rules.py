@@ -84,7 +84,18 @@ def claim_rule(trust: FederatedTrustSettings, pointer: str) -> tuple[str, ...] |
 
 def _issuer_problems(settings: Settings) -> Problems:
     problems: Problems = []
+    # A token picks its issuer by iss (or trust domain): two declarations of one would make
+    # the choice of keys and trusts depend on the order of the file.
+    claimed: dict[tuple[str, str], str] = {}
     for name, issuer in settings.federation.issuers.items():
+        for key in ("issuer", "trust_domain"):
+            value = getattr(issuer, key)
+            if value is None:
+                continue
+            first = claimed.setdefault((key, value), name)
+            if first != name:
+                problems.append((join_path(join_path("federation.issuers", name), key),
+                                 f"{value!r} is already declared by issuer {first!r}"))
         for key in ("jwks_uri", "bundle_endpoint"):
             url = getattr(issuer, key)
             if _is_http(url) and not settings.jwks_fetch.allow_http:

@@ -12,7 +12,7 @@ import yaml
 
 from gateway.config.errors import ConfigError
 from gateway.config.lint import lint_settings
-from gateway.config.loading import load_settings
+from gateway.config.loading import load_settings, parse_settings
 from gateway.config.settings import Settings, settings_json_schema
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "gateway.example.yaml"
@@ -465,3 +465,26 @@ def test_example_federation_loads_once_uncommented(tmp_path: Path) -> None:
         "gha-production", "gha-release", "api-pods"]
     assert [path for path, _ in lint_settings(settings)] == [
         "clients.deploy-api.federated[2].replay"]  # the pod's token is re-read until refreshed
+
+
+def test_one_issuer_url_is_declared_once(tmp_path: Path) -> None:
+    text = """
+issuer: https://idp.example.com
+backend: {url: "http://127.0.0.1:9"}
+endpoints: [/oauth2/token]
+federation:
+  issuers:
+    github: {issuer: "https://token.actions.githubusercontent.com", jwks: {keys: []}}
+    github-again: {issuer: "https://token.actions.githubusercontent.com", jwks: {keys: []}}
+    mesh: {trust_domain: example.org, jwks: {keys: []}, preset: spiffe}
+    mesh-again: {trust_domain: example.org, jwks: {keys: []}, preset: spiffe}
+clients:
+  c: {jwks: {keys: []}, backend_auth: {method: none}}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(text, base_dir=tmp_path, env={})
+    problems = dict(caught.value.problems)
+    assert "is already declared by issuer 'github'" in problems[
+        "federation.issuers.github-again.issuer"]
+    assert "is already declared by issuer 'mesh'" in problems[
+        "federation.issuers.mesh-again.trust_domain"]
