@@ -15,6 +15,8 @@ from gateway.config.settings import Settings
 
 AUTH_METRIC = "pkjwt_client_auth_total"
 KEY_METHOD = "private_key_jwt"
+# Methods that are no shared secret: the client's own keys, or a platform's token.
+KEY_METHODS = frozenset({KEY_METHOD, "federated", "certificate"})
 FETCH_TIMEOUT = 10.0
 
 
@@ -67,14 +69,14 @@ def usage_report(settings: Settings, counts: dict[tuple[str, str], float]) -> li
     for client_id, client in settings.clients.items():
         legacy = client.legacy_auth
         secret = {method: value for (cid, method), value in counts.items()
-                  if cid == client_id and method != KEY_METHOD and value > 0}
+                  if cid == client_id and method not in KEY_METHODS and value > 0}
         if legacy is None and not secret:
             continue
         until = legacy.until if legacy else None
         days_left = (until - today).days if until is not None else None
         rows.append(ClientUsage(client_id, list(legacy.allow) if legacy else [],
                                 until.isoformat() if until else None, days_left, secret,
-                                counts.get((client_id, KEY_METHOD), 0.0)))
+                                sum(counts.get((client_id, m), 0.0) for m in KEY_METHODS)))
     return rows
 
 

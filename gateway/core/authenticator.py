@@ -172,7 +172,6 @@ class Authenticator:
         finally:
             attempt.verification_seconds = clock.monotonic() - started
         attempt.key_thumbprint = verified.key_thumbprint
-        attempt.jti_hash = jti_digest(client.client_id, verified.jti)
         await self._record(credential, verified, form.assertion, request.endpoint, now, attempt)
         return Approval(client=client, attempt=attempt, form=form, verified=verified)
 
@@ -246,6 +245,8 @@ class Authenticator:
     ) -> None:
         """Write the ledger, last: raises InvalidClient replayed, or the ledger's 503."""
         entry = credential.replay_entry(verified, assertion, endpoint)
+        # What the ledger keys it by: a token without a jti is keyed by its hash.
+        attempt.jti_hash = jti_digest(verified.client_id, entry.jti)
         ledger, clock = self.ledger, self.clock
         started = clock.monotonic()
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -149,12 +150,17 @@ class Gateway:
             if self._jwks is not None:
                 await self._jwks[1].close()
             self._jwks = (fetch, session)
-        for client_id, client in new.clients.items():
-            held = (source.current() for source in client.key_sources())
+        # A client's own keys; an issuer's keys are counted under the issuer's name.
+        own = {client_id: [source for credential in client.credentials
+                           for source in credential.key_sources()]
+               for client_id, client in new.clients.items() if client.credentials}
+        for client_id, sources in own.items():
+            held = (source.current() for source in sources)
             count = sum(len(keys.keys) for keys in held if keys is not None)
             self.metrics.jwks_keys.labels(client_id).set(count)
-        for client_id in old.clients.keys() - new.clients.keys():
-            self.metrics.jwks_keys.remove(client_id)
+        for client_id in old.clients.keys() - own.keys():
+            with contextlib.suppress(KeyError):  # a client without own keys has no series
+                self.metrics.jwks_keys.remove(client_id)
 
     async def _close(self) -> None:
         await close_sources(self.slot.current)

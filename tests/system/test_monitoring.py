@@ -33,6 +33,7 @@ README = ROOT / "README.md"
 # The public metric contract (README "Audit log and metrics"): name -> type.
 METRICS = {
     "pkjwt_client_auth_total": "counter",
+    "pkjwt_federation_decisions_total": "counter",
     "pkjwt_verification_seconds": "histogram",
     "pkjwt_replay_checks_total": "counter",
     "pkjwt_replay_check_seconds": "histogram",

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.cli.report import counts_from_metrics, usage_report
 from gateway.config.lint import lint_settings
 from gateway.config.loading import parse_settings
 from tests.conftest import BACKEND_SECRET, ISSUER, Backend, GatewayFactory, gateway_yaml
@@ -168,3 +169,17 @@ def test_check_explains_the_risk_of_assertion_reuse(tmp_path: Path) -> None:
     [message] = [m for path, m in lint_settings(settings)
                  if path == "clients.ci-pipeline.allow_assertion_reuse"]
     assert "replayed" in message and "max_lifetime" in message
+
+
+def test_report_counts_platform_tokens_as_no_secret(tmp_path: Path) -> None:
+    text = gateway_yaml("http://127.0.0.1:1", {"keys": [make_signer("ES256").public_jwk]},
+                        client=_legacy("client_secret_basic", TOMORROW))
+    settings = parse_settings(text, base_dir=tmp_path, env={"CI_SECRET": "x"})
+    exposition = "\n".join(
+        f'pkjwt_client_auth_total{{client="{CLIENT}",endpoint="/oauth2/token",'
+        f'result="accepted",reason="ok",method="{method}"}} {count}'
+        for method, count in (("federated", 5), ("private_key_jwt", 2),
+                              ("client_secret_basic", 1)))
+    [row] = usage_report(settings, counts_from_metrics(exposition + "\n"))
+    assert row.secret_requests == {"client_secret_basic": 1}
+    assert row.key_requests == 7
