@@ -10,6 +10,11 @@ from load import LoadResult
 
 TARGETS = {"ES256": 0.75, "RS256": 0.85}  # gateway (memory ledger) over the bare proxy, req/s
 STORE_TARGET = 0.90  # the gateway on the Redis ledger over the same gateway on memory, req/s
+# A platform's token must cost no more than the client's own assertion: federated over
+# own-key (both RS256, memory ledger) at 1.0 less a 5 % allowance for round-to-round noise.
+FEDERATED_TARGET = 0.95
+FEDERATED = "gateway/federated"  # the contender whose client sends a platform's token
+OWN_KEY = "gateway/memory"  # the same client with its own assertions, on the same ledger
 
 Figure = Callable[[LoadResult], float]
 
@@ -125,6 +130,8 @@ class AlgResult:
         if {"memory", "redis"} <= set(self.stores):
             found.append(Comparison("redis / memory", "gateway/redis", "gateway/memory",
                                     STORE_TARGET))
+        if FEDERATED in self.contenders:
+            found.append(Comparison("federated / own-key", FEDERATED, OWN_KEY, FEDERATED_TARGET))
         if self.baseline:
             for store in self.stores:
                 found.append(Comparison(f"baseline/{store} / bare", f"baseline/{store}", "bare"))

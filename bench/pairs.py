@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from federated import ISSUER_NAME, platform_claimant
 from figures import AlgResult, Pair, Run, rps
 from proxies import CLIENT_ID, ISSUER, STARTUP_TIMEOUT, Bench, Contender, measure
-from tokens import Bodies, TokenPool, generate_key
+from tokens import Bodies, Claimant, SigningKey, TokenPool, generate_key, own_key
 
 LIFETIME = 280  # below the default max_lifetime of 300 s
 SLACK = STARTUP_TIMEOUT + 15  # seconds a run may spend outside wrk: start-up, minting, scrapes
@@ -21,24 +22,33 @@ class Schedule:
 
     The bare proxy and the memory ledgers share one pair of pools (a memory ledger dies with
     its process, so every jti is new to it); each run on a shared ledger (Redis) gets bodies
-    minted for it alone, so no store ever sees a jti twice.
+    minted for it alone, so no store ever sees a jti twice. The federated contender has a
+    pair of its own: the platform's tokens, signed with the platform's key.
     """
 
     def __init__(self, bench: Bench, alg: str) -> None:
         self.bench = bench
+        self.contenders = [c for c in bench.contenders if c.measured_with(alg)]
         self.key = generate_key(alg)
-        self.shared = self._bodies("shared")
-        self.fresh = self._bodies("fresh")
+        client = own_key(self.key, CLIENT_ID, ISSUER)
+        self.shared = self._bodies("shared", client)
+        self.fresh = self._bodies("fresh", client)
+        self.platform: SigningKey | None = None  # the key of the platform's tokens
+        self.federated: Bodies | None = None
+        if any(c.federated for c in self.contenders):
+            self.platform = generate_key(alg, ISSUER_NAME)
+            self.federated = self._bodies(
+                "federated", platform_claimant(self.platform, CLIENT_ID, ISSUER))
         self.estimate = bench.args.expected_rate  # req/s the next flat-out run may reach
-        self.result = AlgResult(alg, [c.name for c in bench.contenders], bench.args.stores,
+        self.result = AlgResult(alg, [c.name for c in self.contenders], bench.args.stores,
                                 bool(bench.args.baseline_cmd))
 
-    def _bodies(self, name: str) -> Bodies:
+    def _bodies(self, name: str, claimant: Claimant) -> Bodies:
         args, alg = self.bench.args, self.key.alg
 
         def pool(use: str) -> TokenPool:
             path = self.bench.tmp / f"{alg}-{name}-{use}.bodies"
-            return TokenPool(path, self.key, CLIENT_ID, ISSUER, LIFETIME)
+            return TokenPool(path, claimant, LIFETIME)
 
         return Bodies(pool("warm"), pool("measure"), self.bench.mint_cpus,
                       args.warmup, args.duration, SLACK)
@@ -60,8 +70,8 @@ class Schedule:
     def round(self, label: str, *, rate: float) -> Pair:
         """Every contender once, in order; flat out when `rate` is 0, else paced."""
         pair: Pair = {}
-        for contender in self.bench.contenders:
-            bodies = self.fresh if contender.needs_fresh_bodies else self.shared
+        for contender in self.contenders:
+            bodies = self.bodies_for(contender)
             if contender.needs_fresh_bodies:
                 bodies.renew()
             spent = bodies.provide(rate or self.estimate)
@@ -74,6 +84,13 @@ class Schedule:
                 self.estimate = max(self.estimate, found.load.rps)
         return pair
 
+    def bodies_for(self, contender: Contender) -> Bodies:
+        """The pools a contender's runs draw from."""
+        if contender.federated:
+            assert self.federated is not None  # made whenever a federated contender runs
+            return self.federated
+        return self.fresh if contender.needs_fresh_bodies else self.shared
+
     def attempt(
         self, contender: Contender, bodies: Bodies, label: str, rate: float
     ) -> Run | None:
@@ -83,7 +100,8 @@ class Schedule:
         log(f"{self.key.alg} {label} {name}: warm-up {args.warmup:g}s,"
             f" measuring {args.duration:g}s {pace}")
         try:
-            run, problems, notes = measure(self.bench, contender, self.key, bodies, rate)
+            run, problems, notes = measure(self.bench, contender, self.key, bodies, rate,
+                                           self.platform)
         except RuntimeError as exc:
             result.problems.append(f"{label} {name}: {exc}")
             log(f"  failed: {exc}")

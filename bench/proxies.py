@@ -11,7 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from figures import ReplayLatency, Run
+from federated import FEDERATED_ALGS, federation_yaml, trust_yaml
+from figures import FEDERATED, ReplayLatency, Run
 from load import LoadResult, run_wrk
 from procs import Children, free_port, wait_for_port
 from scrape import Buckets, fetch_histograms
@@ -33,10 +34,17 @@ class Contender:
     kind: str  # bare, gateway or baseline
     store: str = ""  # the replay store; empty for the bare proxy
     command: str = ""  # the command template; empty for the bare proxy
+    federated: bool = False  # the client sends a platform's token instead of its own assertion
 
     @property
     def name(self) -> str:
+        if self.federated:
+            return FEDERATED
         return f"{self.kind}/{self.store}" if self.store else self.kind
+
+    def measured_with(self, alg: str) -> bool:
+        """Whether this contender takes part in the rounds of `alg`."""
+        return not self.federated or alg in FEDERATED_ALGS
 
     @property
     def checks_forwarding(self) -> bool:
@@ -49,10 +57,19 @@ class Contender:
         return self.store in SHARED_STORES
 
 
-def line_up(stores: list[str], gateway_cmd: str, baseline_cmd: str | None) -> list[Contender]:
-    """The order of every pair: bare, the gateway on each store, then the baseline on each."""
+def line_up(
+    stores: list[str], gateway_cmd: str, baseline_cmd: str | None, *, federated: bool = False
+) -> list[Contender]:
+    """The order of every pair: bare, the gateway on each store, then the baseline on each.
+
+    With `federated`, the gateway's federated case runs right after the gateway on memory,
+    the own-key run it is compared with.
+    """
     found = [Contender("bare")]
-    found += [Contender("gateway", store, gateway_cmd) for store in stores]
+    for store in stores:
+        found.append(Contender("gateway", store, gateway_cmd))
+        if federated and store == "memory":
+            found.append(Contender("gateway", store, gateway_cmd, federated=True))
     if baseline_cmd:
         found += [Contender("baseline", store, baseline_cmd) for store in stores]
     return found
@@ -72,9 +89,13 @@ class Bench:
 
 
 def write_config(
-    bench: Bench, keys: list[SigningKey], port: int, admin_port: int, store: str
+    bench: Bench, keys: list[SigningKey], port: int, admin_port: int, store: str,
+    platform: SigningKey | None = None,
 ) -> Path:
-    """The gateway's YAML for one start (DESIGN §4 keys); the secret comes from the env."""
+    """The gateway's YAML for one start (DESIGN §4 keys); the secret comes from the env.
+
+    With a `platform` key, the client also trusts one subject of that platform's tokens.
+    """
     replay = {"store": store}
     if store == "redis":
         assert bench.redis_url is not None
@@ -88,22 +109,28 @@ def write_config(
         f"backend: {{url: 'http://127.0.0.1:{bench.backend_port}', timeout: 10s}}\n"
         "endpoints: [/oauth2/token]\n"
         f"replay: {json.dumps(replay)}\n"
-        "clients:\n"
+        + ("" if platform is None else federation_yaml(platform))
+        + "clients:\n"
         f"  {CLIENT_ID}:\n"
         f"    jwks: {jwks}\n"
         "    backend_auth: {method: client_secret_basic, secret: !env BENCH_CLIENT_SECRET}\n"
+        + ("" if platform is None else trust_yaml(ISSUER))
     )
     return path
 
 
 def proxy_argv(
-    bench: Bench, contender: Contender, key: SigningKey, port: int, admin_port: int
+    bench: Bench, contender: Contender, key: SigningKey, port: int, admin_port: int,
+    platform: SigningKey | None = None,
 ) -> list[str]:
     backend = f"http://127.0.0.1:{bench.backend_port}"
     if contender.kind == "bare":
         script = str(BENCH_DIR / "bare_proxy.py")
         return [sys.executable, script, "--port", str(port), "--backend", backend]
-    config = write_config(bench, [key], port, admin_port, contender.store)
+    if contender.federated:
+        assert platform is not None, "the federated contender trusts the platform's key"
+    config = write_config(bench, [key], port, admin_port, contender.store,
+                          platform if contender.federated else None)
     command = contender.command.format(
         python=sys.executable, config=config, port=port, backend=backend, bench=BENCH_DIR
     )
@@ -151,18 +178,20 @@ def replay_latency(
 
 
 def measure(
-    bench: Bench, contender: Contender, key: SigningKey, bodies: Bodies, rate: float = 0.0
+    bench: Bench, contender: Contender, key: SigningKey, bodies: Bodies, rate: float = 0.0,
+    platform: SigningKey | None = None,
 ) -> tuple[Run, list[str], list[str]]:
     """Start one proxy on the proxy core, warm it up, measure it, stop it.
 
-    Flat out when `rate` is 0, else paced at `rate` req/s. Returns the run, its problems
-    (the checks that failed) and its notes (doubts about the figures).
+    Flat out when `rate` is 0, else paced at `rate` req/s. `key` is the client's own key;
+    `platform` the key of the platform a federated contender trusts. Returns the run, its
+    problems (the checks that failed) and its notes (doubts about the figures).
     Raises RuntimeError when the proxy does not start or wrk fails.
     """
     args = bench.args
     port, admin_port = free_port(), free_port()
     stderr_log = bench.tmp / f"{contender.name.replace('/', '-')}-{key.alg}-{port}.log"
-    argv = proxy_argv(bench, contender, key, port, admin_port)
+    argv = proxy_argv(bench, contender, key, port, admin_port, platform)
     env = {"BENCH_CLIENT_SECRET": bench.secret}
     proc = bench.children.start(argv, cpus={args.proxy_core}, log=stderr_log, env=env, cwd=REPO_DIR)
     may_wrap = contender.kind == "bare"  # the bare proxy does not care about jti reuse

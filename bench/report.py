@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from figures import (
+    FEDERATED_TARGET,
     STORE_TARGET,
     TARGETS,
     AlgResult,
@@ -183,7 +184,8 @@ def write_summary(
         "build": {**describe_build(repo), "versions": versions()},
         "machine": machine(),
         "options": options,
-        "targets": {"gateway_over_bare": TARGETS, "redis_over_memory": STORE_TARGET},
+        "targets": {"gateway_over_bare": TARGETS, "redis_over_memory": STORE_TARGET,
+                    "federated_over_own_key": FEDERATED_TARGET},
         "results": [_alg_summary(result) for result in results],
     }
     path = out_dir / f"bench-{stamp}.json"

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+from federated import FEDERATED_ALGS
 from figures import AlgResult
 from load import find_wrk
 from pairs import LIFETIME, SLACK, bench_alg
@@ -70,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a second gateway command (e.g. an older build), measured in the same rounds;"
              " same placeholders",
     )
+    parser.add_argument(
+        "--federated", action=argparse.BooleanOptionalAction, default=None,
+        help="with RS256, also measure the client sending a CI platform's token"
+             " (gateway/federated, memory ledger) against its own assertion"
+             " (default: on when RS256 and the memory store are measured)",
+    )
     parser.add_argument("--proxy-core", type=int, default=1)
     parser.add_argument("--load-core", type=int, default=0)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out")
@@ -84,6 +91,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--store takes a comma-separated subset of {','.join(STORES)}")
     if args.pairs < 1 or (args.latency_pairs is not None and args.latency_pairs < 0):
         parser.error("--pairs takes 1 or more, --latency-pairs 0 or more")
+    federated_problem = _federated_problem(args)
+    if args.federated and federated_problem:
+        parser.error(f"--federated: {federated_problem}")
+    if args.federated is None:
+        args.federated = federated_problem is None
     if args.latency_pairs is None:
         args.latency_pairs = args.pairs
     if args.duration <= 0 or args.warmup + args.duration + SLACK + 15 > LIFETIME:
@@ -92,6 +104,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not {args.proxy_core, args.load_core} <= cores or args.proxy_core == args.load_core:
         parser.error(f"--proxy-core and --load-core must be two different cores of {cores}")
     return args
+
+
+def _federated_problem(args: argparse.Namespace) -> str | None:
+    """Why the federated contender cannot run with these options, or None."""
+    if not FEDERATED_ALGS & set(args.algs):
+        return f"platform tokens are {'/'.join(sorted(FEDERATED_ALGS))}: add it to --alg"
+    if "memory" not in args.stores:
+        return "compared with the gateway on the memory ledger: add memory to --store"
+    if "{config}" not in args.gateway_cmd:
+        return "the --gateway-cmd takes no {config}, so it cannot be given the platform's trust"
+    return None
 
 
 def start_redis(children: Children, tmp: Path, core: int) -> str:
@@ -138,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             if "redis" in args.stores and redis_url is None:
                 redis_url = start_redis(children, tmp, args.load_core)
                 log(f"redis-server at {redis_url} on core {args.load_core}")
-            contenders = line_up(args.stores, args.gateway_cmd, args.baseline_cmd)
+            contenders = line_up(args.stores, args.gateway_cmd, args.baseline_cmd,
+                                 federated=args.federated)
             bench = Bench(args, tmp, children, contenders, port, backend.pid, secret,
                           mint_cpus, redis_url)
             for alg in args.algs:

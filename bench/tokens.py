@@ -1,4 +1,8 @@
-"""Benchmark signing keys and pools of pre-minted request bodies (one unique jti each)."""
+"""Benchmark signing keys and pools of pre-minted request bodies (one unique jti each).
+
+A body carries either the client's own assertion (iss = sub = client_id) or a platform's
+workload token (a CI run's identity, client_id beside it in the form).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,18 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 SUPPORTED_ALGS = ("ES256", "RS256")
-BODY_PREFIX = (
-    "grant_type=client_credentials"
+ASSERTION_FIELDS = (
     "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
     "&client_assertion="
 )
@@ -35,12 +39,12 @@ class SigningKey:
     public_jwk: dict[str, Any]
 
 
-def generate_key(alg: str) -> SigningKey:
-    """A fresh key pair for `alg` (P-256 for ES256, 2048-bit RSA for RS256).
+def generate_key(alg: str, owner: str = "bench") -> SigningKey:
+    """A fresh key pair for `alg` (P-256 for ES256, 2048-bit RSA for RS256), kid `owner-alg`.
 
     Raises ValueError for an algorithm the benchmark does not cover.
     """
-    kid = f"bench-{alg.lower()}"
+    kid = f"{owner}-{alg.lower()}"
     key: ECKey | RSAKey
     if alg == "ES256":
         key = ECKey.generate_key("P-256", parameters={"kid": kid})
@@ -52,22 +56,51 @@ def generate_key(alg: str) -> SigningKey:
     return SigningKey(alg, kid, key.as_dict(private=True), public)
 
 
-def _mint_chunk(
-    key: SigningKey, client_id: str, audience: str, iat: int, exp: int, count: int
-) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Claimant:
+    """Who the assertions of a pool speak for, and what else each one says."""
+
+    key: SigningKey
+    issuer: str  # iss
+    subject: str  # sub
+    audience: str  # aud
+    form_client_id: str | None = None  # sent beside the assertion when sub is not the client
+    header: Mapping[str, str] = field(default_factory=dict)  # beyond alg and kid
+    claims: Mapping[str, Any] = field(default_factory=dict)  # beyond the registered ones
+    not_before: bool = False  # nbf = iat, as platforms send
+
+    @property
+    def body_prefix(self) -> str:
+        """The form up to the assertion, which ends every body."""
+        prefix = "grant_type=client_credentials"
+        if self.form_client_id is not None:
+            prefix += "&client_id=" + quote(self.form_client_id, safe="")
+        return prefix + ASSERTION_FIELDS
+
+
+def own_key(key: SigningKey, client_id: str, audience: str) -> Claimant:
+    """The client's own assertions: iss = sub = client_id, signed with its key."""
+    return Claimant(key, client_id, client_id, audience)
+
+
+def _mint_chunk(claimant: Claimant, iat: int, exp: int, count: int) -> list[str]:
+    key = claimant.key
     signer = (ECKey if key.alg == "ES256" else RSAKey).import_key(key.private_jwk)
-    header = {"alg": key.alg, "kid": key.kid}
+    header = {"alg": key.alg, "kid": key.kid, **claimant.header}
+    times = {"iat": iat, "nbf": iat, "exp": exp} if claimant.not_before else \
+        {"iat": iat, "exp": exp}
+    prefix = claimant.body_prefix
     bodies = []
     for _ in range(count):
         claims = {
-            "iss": client_id,
-            "sub": client_id,
-            "aud": audience,
-            "iat": iat,
-            "exp": exp,
+            "iss": claimant.issuer,
+            "sub": claimant.subject,
+            "aud": claimant.audience,
+            **times,
             "jti": uuid.uuid4().hex,
+            **claimant.claims,
         }
-        bodies.append(BODY_PREFIX + jwt.encode(header, claims, signer))
+        bodies.append(prefix + jwt.encode(header, claims, signer))
     return bodies
 
 
@@ -76,9 +109,7 @@ class TokenPool:
     """A file of request bodies, one a line, each with its own assertion."""
 
     path: Path
-    key: SigningKey
-    client_id: str
-    audience: str
+    claimant: Claimant
     lifetime: int
     count: int = 0
     expires_at: float = field(default=float("inf"))  # of the oldest body
@@ -100,7 +131,7 @@ class TokenPool:
             initargs=(0, cpus),
         ) as pool:
             futures = [
-                pool.submit(_mint_chunk, self.key, self.client_id, self.audience, iat, exp, size)
+                pool.submit(_mint_chunk, self.claimant, iat, exp, size)
                 for size in sizes
             ]
             with self.path.open("a", encoding="ascii") as out:
