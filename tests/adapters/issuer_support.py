@@ -22,7 +22,7 @@ from gateway.adapters.issuer_keys import IssuerKeySource, build_issuer_source
 from gateway.adapters.jwks_fetch import FETCH_RESULTS
 from gateway.config.federation import FederationIssuerSettings
 from gateway.config.settings import JwksFetchSettings
-from tests.support.jwks_server import Asked, ServerFactory, fetch_settings
+from tests.support.jwks_server import Asked, ServerFactory, Watched, fetch_settings
 
 # Names the test resolver sends to loopback; the server's certificate covers them.
 ISSUER_HOST = "issuer.test"
@@ -119,23 +119,6 @@ class LoopbackResolver(AbstractResolver):
 
     async def close(self) -> None:
         return None
-
-
-@dataclass
-class Watched:
-    """An issuer's key source under test and everything its callbacks reported."""
-
-    source: IssuerKeySource
-    results: list[str] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-
-    async def settle(self) -> None:
-        await self.source.start()
-        await asyncio.wait_for(self.source.wait_settled(), 3)
-
-    def kids(self) -> set[str]:
-        current = self.source.current()
-        return set(current.by_kid) if current is not None else set()
 
 
 def watch(

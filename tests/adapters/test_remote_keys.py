@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -20,6 +19,7 @@ from tests.support.jwks_server import (
     FakeClock,
     JwksServer,
     ServerFactory,
+    Watched,
     fetch_settings,
     start_jwks_server,
 )
@@ -31,23 +31,6 @@ def es_key(slot: int) -> dict[str, Any]:
 
 
 KEY_A, KEY_B, KEY_C = "es256-0", "es256-1", "es256-2"
-
-
-@dataclass
-class Watched:
-    """A source under test and everything its callbacks reported."""
-
-    source: RemoteKeySource
-    results: list[str] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-
-    async def settle(self) -> None:
-        await self.source.start()
-        await asyncio.wait_for(self.source.wait_settled(), 3)
-
-    def kids(self) -> set[str]:
-        current = self.source.current()
-        return set(current.by_kid) if current is not None else set()
 
 
 SourceFactory = Callable[..., Watched]

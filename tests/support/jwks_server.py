@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
+from gateway.adapters.remote_keys import CachingKeySource
 from gateway.config.settings import JwksFetchSettings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -106,3 +107,20 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@dataclass
+class Watched:
+    """A fetching key source under test and everything its callbacks reported."""
+
+    source: CachingKeySource
+    results: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    async def settle(self) -> None:
+        await self.source.start()
+        await asyncio.wait_for(self.source.wait_settled(), 3)
+
+    def kids(self) -> set[str]:
+        current = self.source.current()
+        return set(current.by_kid) if current is not None else set()

@@ -14,7 +14,7 @@ import base64
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -31,7 +31,6 @@ from tests.support.platform_issuer import (
     OMIT,
     PlatformIssuer,
     github_claims,
-    platform_issuer,
 )
 from tests.support.tokens import NOW
 
@@ -202,17 +201,6 @@ async def refused(live: Live, assertion: str, reason: str, **form: Any) -> dict[
 
 
 # -- GitHub Actions ---------------------------------------------------------------------
-
-@pytest.fixture
-def lab(backend: Backend, tmp_path: Path, gateway_server: GatewayStarter) -> Lab:
-    return Lab(backend, tmp_path, gateway_server)
-
-
-@pytest.fixture
-async def github(tmp_path: Path) -> AsyncIterator[PlatformIssuer]:
-    async with platform_issuer(tmp_path, "github") as issuer:
-        yield issuer
-
 
 PRODUCTION: Final = trust("gha-production", "github", GHA_SUBJECT,
                           claims={"repository_owner_id": "1234", "event_name": ["push"]},

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import ISSUER, TOKEN_PATH, Backend, GatewayStarter
-from tests.support.platform_issuer import PlatformIssuer, github_claims, platform_issuer
+from tests.conftest import ISSUER, TOKEN_PATH, Backend
+from tests.support.platform_issuer import PlatformIssuer, github_claims
 from tests.support.tokens import make_signer, valid_claims
 from tests.web.test_federation import (
     GHA_SUBJECT,
@@ -22,17 +18,6 @@ from tests.web.test_federation import (
     refused,
     trust,
 )
-
-
-@pytest.fixture
-def lab(backend: Backend, tmp_path: Path, gateway_server: GatewayStarter) -> Lab:
-    return Lab(backend, tmp_path, gateway_server)
-
-
-@pytest.fixture
-async def github(tmp_path: Path) -> AsyncIterator[PlatformIssuer]:
-    async with platform_issuer(tmp_path, "github") as issuer:
-        yield issuer
 
 
 async def test_an_identity_two_clients_trust_needs_client_id_and_is_used_once(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import ISSUER, Backend, GatewayStarter
-from tests.support.platform_issuer import PlatformIssuer, platform_issuer
+from tests.conftest import ISSUER
+from tests.support.platform_issuer import PlatformIssuer
 from tests.support.tokens import Signer
 from tests.web.test_federation import (
     PRODUCTION,
@@ -21,17 +20,6 @@ from tests.web.test_federation import (
 )
 
 GHA_STAGING = "repo:acme@1234/api@5678:environment:staging"
-
-
-@pytest.fixture
-def lab(backend: Backend, tmp_path: Path, gateway_server: GatewayStarter) -> Lab:
-    return Lab(backend, tmp_path, gateway_server)
-
-
-@pytest.fixture
-async def github(tmp_path: Path) -> AsyncIterator[PlatformIssuer]:
-    async with platform_issuer(tmp_path, "github") as issuer:
-        yield issuer
 
 
 def _claiming_a_published_kid(github: PlatformIssuer) -> Signer:

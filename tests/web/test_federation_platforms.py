@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ISSUER, Backend, GatewayStarter
+from tests.conftest import ISSUER
 from tests.support.platform_issuer import platform_issuer
 from tests.web.test_federation import (
     Lab,
@@ -25,11 +25,6 @@ SERVICE_ACCOUNT = "system:serviceaccount:ci:deployer"
 SA_UID = "5f1c2c6e-0000-4000-8000-000000000001"  # the builder's default uid
 SPIFFE_ID = "spiffe://example.org/ns/prod/sa/api"
 SPIFFE_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe"
-
-
-@pytest.fixture
-def lab(backend: Backend, tmp_path: Path, gateway_server: GatewayStarter) -> Lab:
-    return Lab(backend, tmp_path, gateway_server)
 
 
 async def test_gitlab_tokens_are_pinned_by_namespace_and_project_ids(
