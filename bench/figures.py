@@ -14,6 +14,10 @@ STORE_TARGET = 0.90  # the gateway on the Redis ledger over the same gateway on 
 # own-key (both RS256, memory ledger) at 1.0 less a 5 % allowance for round-to-round noise.
 FEDERATED_TARGET = 0.95
 FEDERATED = "gateway/federated"  # the contender whose client sends a platform's token
+# A CA-anchored client (its chain validated once, then cached) must stay within 10 % of the
+# same client on its registered key: certificate over own-key at 0.90 or more.
+CERTIFICATE_TARGET = 0.90
+CERTIFICATE = "gateway/certificate"  # the contender whose client sends its x5c chain
 OWN_KEY = "gateway/memory"  # the same client with its own assertions, on the same ledger
 
 Figure = Callable[[LoadResult], float]
@@ -132,6 +136,9 @@ class AlgResult:
                                     STORE_TARGET))
         if FEDERATED in self.contenders:
             found.append(Comparison("federated / own-key", FEDERATED, OWN_KEY, FEDERATED_TARGET))
+        if CERTIFICATE in self.contenders:
+            found.append(Comparison("certificate / own-key", CERTIFICATE, OWN_KEY,
+                                    CERTIFICATE_TARGET))
         if self.baseline:
             for store in self.stores:
                 found.append(Comparison(f"baseline/{store} / bare", f"baseline/{store}", "bare"))

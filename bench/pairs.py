@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from certificate import certificate_claimant, make_pki
 from federated import ISSUER_NAME, platform_claimant
 from figures import AlgResult, Pair, Run, rps
 from proxies import CLIENT_ID, ISSUER, STARTUP_TIMEOUT, Bench, Contender, measure
@@ -23,7 +25,8 @@ class Schedule:
     The bare proxy and the memory ledgers share one pair of pools (a memory ledger dies with
     its process, so every jti is new to it); each run on a shared ledger (Redis) gets bodies
     minted for it alone, so no store ever sees a jti twice. The federated contender has a
-    pair of its own: the platform's tokens, signed with the platform's key.
+    pair of its own: the platform's tokens, signed with the platform's key; so has the
+    CA-anchored one: the client's own assertions with its certificate chain in x5c.
     """
 
     def __init__(self, bench: Bench, alg: str) -> None:
@@ -39,6 +42,13 @@ class Schedule:
             self.platform = generate_key(alg, ISSUER_NAME)
             self.federated = self._bodies(
                 "federated", platform_claimant(self.platform, CLIENT_ID, ISSUER))
+        self.ca_file: Path | None = None  # the bench root a CA-anchored contender trusts
+        self.certificate: Bodies | None = None
+        if any(c.certificate for c in self.contenders):
+            pki = make_pki(self.key)
+            self.ca_file = pki.write_ca_file(bench.tmp / f"{alg}-bench-ca.pem")
+            self.certificate = self._bodies(
+                "certificate", certificate_claimant(self.key, pki, CLIENT_ID, ISSUER))
         self.estimate = bench.args.expected_rate  # req/s the next flat-out run may reach
         self.result = AlgResult(alg, [c.name for c in self.contenders], bench.args.stores,
                                 bool(bench.args.baseline_cmd))
@@ -89,6 +99,9 @@ class Schedule:
         if contender.federated:
             assert self.federated is not None  # made whenever a federated contender runs
             return self.federated
+        if contender.certificate:
+            assert self.certificate is not None  # made whenever a CA-anchored contender runs
+            return self.certificate
         return self.fresh if contender.needs_fresh_bodies else self.shared
 
     def attempt(
@@ -101,7 +114,7 @@ class Schedule:
             f" measuring {args.duration:g}s {pace}")
         try:
             run, problems, notes = measure(self.bench, contender, self.key, bodies, rate,
-                                           self.platform)
+                                           self.platform, self.ca_file)
         except RuntimeError as exc:
             result.problems.append(f"{label} {name}: {exc}")
             log(f"  failed: {exc}")

@@ -11,8 +11,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from certificate import certificate_yaml
 from federated import FEDERATED_ALGS, federation_yaml, trust_yaml
-from figures import FEDERATED, ReplayLatency, Run
+from figures import CERTIFICATE, FEDERATED, ReplayLatency, Run
 from load import LoadResult, run_wrk
 from procs import Children, free_port, wait_for_port
 from scrape import Buckets, fetch_histograms
@@ -35,11 +36,14 @@ class Contender:
     store: str = ""  # the replay store; empty for the bare proxy
     command: str = ""  # the command template; empty for the bare proxy
     federated: bool = False  # the client sends a platform's token instead of its own assertion
+    certificate: bool = False  # the client is CA-anchored: its chain in x5c, no jwks
 
     @property
     def name(self) -> str:
         if self.federated:
             return FEDERATED
+        if self.certificate:
+            return CERTIFICATE
         return f"{self.kind}/{self.store}" if self.store else self.kind
 
     def measured_with(self, alg: str) -> bool:
@@ -58,18 +62,21 @@ class Contender:
 
 
 def line_up(
-    stores: list[str], gateway_cmd: str, baseline_cmd: str | None, *, federated: bool = False
+    stores: list[str], gateway_cmd: str, baseline_cmd: str | None, *, federated: bool = False,
+    certificate: bool = False,
 ) -> list[Contender]:
     """The order of every pair: bare, the gateway on each store, then the baseline on each.
 
-    With `federated`, the gateway's federated case runs right after the gateway on memory,
-    the own-key run it is compared with.
+    With `federated` (and `certificate`), the gateway's federated (and CA-anchored) case
+    runs right after the gateway on memory, the own-key run it is compared with.
     """
     found = [Contender("bare")]
     for store in stores:
         found.append(Contender("gateway", store, gateway_cmd))
         if federated and store == "memory":
             found.append(Contender("gateway", store, gateway_cmd, federated=True))
+        if certificate and store == "memory":
+            found.append(Contender("gateway", store, gateway_cmd, certificate=True))
     if baseline_cmd:
         found += [Contender("baseline", store, baseline_cmd) for store in stores]
     return found
@@ -90,11 +97,12 @@ class Bench:
 
 def write_config(
     bench: Bench, keys: list[SigningKey], port: int, admin_port: int, store: str,
-    platform: SigningKey | None = None,
+    platform: SigningKey | None = None, ca_file: Path | None = None,
 ) -> Path:
     """The gateway's YAML for one start (DESIGN §4 keys); the secret comes from the env.
 
-    With a `platform` key, the client also trusts one subject of that platform's tokens.
+    With a `platform` key, the client also trusts one subject of that platform's tokens;
+    with a `ca_file`, the client is CA-anchored (its certificate instead of its jwks).
     """
     replay = {"store": store}
     if store == "redis":
@@ -112,8 +120,8 @@ def write_config(
         + ("" if platform is None else federation_yaml(platform))
         + "clients:\n"
         f"  {CLIENT_ID}:\n"
-        f"    jwks: {jwks}\n"
-        "    backend_auth: {method: client_secret_basic, secret: !env BENCH_CLIENT_SECRET}\n"
+        + (f"    jwks: {jwks}\n" if ca_file is None else certificate_yaml(ca_file))
+        + "    backend_auth: {method: client_secret_basic, secret: !env BENCH_CLIENT_SECRET}\n"
         + ("" if platform is None else trust_yaml(ISSUER))
     )
     return path
@@ -121,7 +129,7 @@ def write_config(
 
 def proxy_argv(
     bench: Bench, contender: Contender, key: SigningKey, port: int, admin_port: int,
-    platform: SigningKey | None = None,
+    platform: SigningKey | None = None, ca_file: Path | None = None,
 ) -> list[str]:
     backend = f"http://127.0.0.1:{bench.backend_port}"
     if contender.kind == "bare":
@@ -129,8 +137,11 @@ def proxy_argv(
         return [sys.executable, script, "--port", str(port), "--backend", backend]
     if contender.federated:
         assert platform is not None, "the federated contender trusts the platform's key"
+    if contender.certificate:
+        assert ca_file is not None, "the CA-anchored contender trusts the bench CA"
     config = write_config(bench, [key], port, admin_port, contender.store,
-                          platform if contender.federated else None)
+                          platform if contender.federated else None,
+                          ca_file if contender.certificate else None)
     command = contender.command.format(
         python=sys.executable, config=config, port=port, backend=backend, bench=BENCH_DIR
     )
@@ -179,19 +190,20 @@ def replay_latency(
 
 def measure(
     bench: Bench, contender: Contender, key: SigningKey, bodies: Bodies, rate: float = 0.0,
-    platform: SigningKey | None = None,
+    platform: SigningKey | None = None, ca_file: Path | None = None,
 ) -> tuple[Run, list[str], list[str]]:
     """Start one proxy on the proxy core, warm it up, measure it, stop it.
 
     Flat out when `rate` is 0, else paced at `rate` req/s. `key` is the client's own key;
-    `platform` the key of the platform a federated contender trusts. Returns the run, its
+    `platform` the key of the platform a federated contender trusts; `ca_file` the bench
+    root a CA-anchored contender trusts. Returns the run, its
     problems (the checks that failed) and its notes (doubts about the figures).
     Raises RuntimeError when the proxy does not start or wrk fails.
     """
     args = bench.args
     port, admin_port = free_port(), free_port()
     stderr_log = bench.tmp / f"{contender.name.replace('/', '-')}-{key.alg}-{port}.log"
-    argv = proxy_argv(bench, contender, key, port, admin_port, platform)
+    argv = proxy_argv(bench, contender, key, port, admin_port, platform, ca_file)
     env = {"BENCH_CLIENT_SECRET": bench.secret}
     proc = bench.children.start(argv, cpus={args.proxy_core}, log=stderr_log, env=env, cwd=REPO_DIR)
     may_wrap = contender.kind == "bare"  # the bare proxy does not care about jti reuse

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from figures import (
+    CERTIFICATE_TARGET,
     FEDERATED_TARGET,
     STORE_TARGET,
     TARGETS,
@@ -185,7 +186,8 @@ def write_summary(
         "machine": machine(),
         "options": options,
         "targets": {"gateway_over_bare": TARGETS, "redis_over_memory": STORE_TARGET,
-                    "federated_over_own_key": FEDERATED_TARGET},
+                    "federated_over_own_key": FEDERATED_TARGET,
+                    "certificate_over_own_key": CERTIFICATE_TARGET},
         "results": [_alg_summary(result) for result in results],
     }
     path = out_dir / f"bench-{stamp}.json"

@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              " (gateway/federated, memory ledger) against its own assertion"
              " (default: on when RS256 and the memory store are measured)",
     )
+    parser.add_argument(
+        "--certificate", action=argparse.BooleanOptionalAction, default=None,
+        help="also measure the client CA-anchored (its certificate chain in x5c, validated"
+             " once and cached) against its registered key (gateway/certificate, memory"
+             " ledger; default: on when the memory store is measured)",
+    )
     parser.add_argument("--proxy-core", type=int, default=1)
     parser.add_argument("--load-core", type=int, default=0)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out")
@@ -96,6 +102,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--federated: {federated_problem}")
     if args.federated is None:
         args.federated = federated_problem is None
+    certificate_problem = _certificate_problem(args)
+    if args.certificate and certificate_problem:
+        parser.error(f"--certificate: {certificate_problem}")
+    if args.certificate is None:
+        args.certificate = certificate_problem is None
     if args.latency_pairs is None:
         args.latency_pairs = args.pairs
     if args.duration <= 0 or args.warmup + args.duration + SLACK + 15 > LIFETIME:
@@ -114,6 +125,15 @@ def _federated_problem(args: argparse.Namespace) -> str | None:
         return "compared with the gateway on the memory ledger: add memory to --store"
     if "{config}" not in args.gateway_cmd:
         return "the --gateway-cmd takes no {config}, so it cannot be given the platform's trust"
+    return None
+
+
+def _certificate_problem(args: argparse.Namespace) -> str | None:
+    """Why the CA-anchored contender cannot run with these options, or None."""
+    if "memory" not in args.stores:
+        return "compared with the gateway on the memory ledger: add memory to --store"
+    if "{config}" not in args.gateway_cmd:
+        return "the --gateway-cmd takes no {config}, so it cannot be given the client's CA"
     return None
 
 
@@ -162,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url = start_redis(children, tmp, args.load_core)
                 log(f"redis-server at {redis_url} on core {args.load_core}")
             contenders = line_up(args.stores, args.gateway_cmd, args.baseline_cmd,
-                                 federated=args.federated)
+                                 federated=args.federated, certificate=args.certificate)
             bench = Bench(args, tmp, children, contenders, port, backend.pid, secret,
                           mint_cpus, redis_url)
             for alg in args.algs:

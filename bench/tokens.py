@@ -1,7 +1,8 @@
 """Benchmark signing keys and pools of pre-minted request bodies (one unique jti each).
 
-A body carries either the client's own assertion (iss = sub = client_id) or a platform's
-workload token (a CI run's identity, client_id beside it in the form).
+A body carries either the client's own assertion (iss = sub = client_id; with its
+certificate chain in x5c for a CA-anchored client) or a platform's workload token (a CI
+run's identity, client_id beside it in the form).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Claimant:
     subject: str  # sub
     audience: str  # aud
     form_client_id: str | None = None  # sent beside the assertion when sub is not the client
-    header: Mapping[str, str] = field(default_factory=dict)  # beyond alg and kid
+    header: Mapping[str, Any] = field(default_factory=dict)  # beyond alg and kid
     claims: Mapping[str, Any] = field(default_factory=dict)  # beyond the registered ones
     not_before: bool = False  # nbf = iat, as platforms send
 

@@ -25,6 +25,7 @@ from gateway.core.subject_pattern import compile_subject_pattern
 
 FetchHook = Callable[[str, str], None]
 KeysHook = Callable[[str, int], None]
+CertificatesHook = Callable[[str, float | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class RemoteKeys:
     session: aiohttp.ClientSession
     on_fetch: FetchHook | None = None
     on_keys: KeysHook | None = None
+    # A client's remote keys: the soonest notAfter of their x5c leaves (None: none).
+    on_certificates: CertificatesHook | None = None
 
 
 def build_issuers(

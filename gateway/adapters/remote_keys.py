@@ -32,6 +32,8 @@ ALARMING_RESULTS = frozenset({"secret_key_material"})
 # Callbacks get the source's name: a client id, or a federation issuer's name.
 FetchCallback = Callable[[str, str], None]  # (name, result in jwks_fetch.FETCH_RESULTS)
 KeysCallback = Callable[[str, int], None]   # (name, usable key count)
+# (name, the soonest notAfter of the held keys' x5c leaves; None: no certificate, no keys)
+CertificatesCallback = Callable[[str, float | None], None]
 
 
 class CachingKeySource:
@@ -48,6 +50,7 @@ class CachingKeySource:
         self, name: str, uri: str, settings: JwksFetchSettings, *,
         clock: Callable[[], float] = time.time, on_fetch: FetchCallback | None = None,
         on_keys: KeysCallback | None = None,
+        on_certificates: CertificatesCallback | None = None,
     ) -> None:
         self.name = name
         self.uri = uri
@@ -56,6 +59,7 @@ class CachingKeySource:
         self._clock = clock
         self._on_fetch = on_fetch
         self._on_keys = on_keys
+        self._on_certificates = on_certificates
         self._where = loggable_uri(uri)
         self._keyset: KeySet | None = None
         self._etag: str | None = None
@@ -83,6 +87,7 @@ class CachingKeySource:
                 log.warning("%s: keys from %s are past max_stale; refusing until a fetch "
                             "succeeds", self._who, self._where)
                 self._emit(self._on_keys, 0)
+                self._emit(self._on_certificates, None)
             return None
         return self._keyset
 
@@ -205,6 +210,8 @@ class CachingKeySource:
         if self._dropped or not result.not_modified:
             self._dropped = False
             self._emit(self._on_keys, len(self._keyset.keys) if self._keyset else 0)
+            self._emit(self._on_certificates,
+                       self._keyset.certificate_not_after if self._keyset else None)
         self._schedule(result.lifetime * random.uniform(*REFRESH_AT))
 
     def _record_failure(self, error: JwksFetchError) -> None:
@@ -223,7 +230,8 @@ class CachingKeySource:
         self._due = asyncio.get_running_loop().time() + max(delay, MIN_DELAY)
         self._wake.set()
 
-    def _emit(self, callback: Callable[[str, Any], None] | None, value: str | int) -> None:
+    def _emit(self, callback: Callable[[str, Any], None] | None,
+              value: str | int | float | None) -> None:
         if callback is not None:
             try:
                 callback(self.name, value)
@@ -240,9 +248,10 @@ class RemoteKeySource(CachingKeySource):
         self, client_id: str, uri: str, settings: JwksFetchSettings,
         session: aiohttp.ClientSession, *, clock: Callable[[], float] = time.time,
         on_fetch: FetchCallback | None = None, on_keys: KeysCallback | None = None,
+        on_certificates: CertificatesCallback | None = None,
     ) -> None:
         super().__init__(client_id, uri, settings, clock=clock, on_fetch=on_fetch,
-                         on_keys=on_keys)
+                         on_keys=on_keys, on_certificates=on_certificates)
         self.client_id = client_id
         self._session = session
 

@@ -28,7 +28,11 @@ from gateway.config.yaml_dialect import client_entries
 MAX_REFERENCED_FILE_BYTES = 1024 * 1024
 # Validation context key: the contents of the named files, by absolute path.
 FILES = "files"
-_READ_AT_LOAD = frozenset({"jwks_file", "secret_file", "redis_password_file", "ca_file"})
+# Validation context flag: secret files are not read; their settings hold a placeholder.
+UNRESOLVED_SECRETS = "unresolved_secrets"
+UNRESOLVED_SECRET = "unresolved"
+SECRET_FILE_KEYS = frozenset({"secret_file", "redis_password_file"})
+_READ_AT_LOAD = frozenset({"jwks_file", "ca_file", "crl_file"}) | SECRET_FILE_KEYS
 
 # What loading read: each named file's bytes, or the OSError or ValueError reading it raised.
 FileContents = Mapping[str, bytes | Exception]
@@ -50,9 +54,23 @@ class JwksFile:
     document: object  # checked as a JWK Set where the keys are imported, not here
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedFile:
+    """A file setting read as bytes at load (a CA bundle, a CRL): its absolute path and data.
+
+    Parsed where the runtime is built, not here.
+    """
+
+    path: str
+    data: bytes
+
+
 def _path_settings(data: Mapping[str, Any]) -> list[tuple[dict[str, Any], str]]:
     """(mapping, key) of every setting in raw config data whose value is a file path."""
     owners = [(client, "jwks_file") for _, _, client in client_entries(data)]
+    for _, _, client in client_entries(data):
+        if isinstance(client.get("certificate"), dict):
+            owners += [(client["certificate"], key) for key in ("ca_file", "crl_file")]
     owners += [(client["backend_auth"], "secret_file") for _, _, client in client_entries(data)
                if isinstance(client.get("backend_auth"), dict)]
     for section, key in (("replay", "redis_password_file"), ("jwks_fetch", "ca_file")):
@@ -81,13 +99,15 @@ def resolve_file_paths(data: dict[str, Any], base_dir: Path) -> None:
             owner[key] = str(base_dir / value)
 
 
-def named_files(data: Mapping[str, Any]) -> list[str]:
+def named_files(data: Mapping[str, Any], *, secrets: bool = True) -> list[str]:
     """The paths of the files validation needs the contents of, from resolved raw data.
 
-    TLS files and the audit output are opened where they are used, not read at load.
+    TLS files and the audit output are opened where they are used, not read at load;
+    without ``secrets``, neither are secret files.
     """
+    wanted = _READ_AT_LOAD if secrets else _READ_AT_LOAD - SECRET_FILE_KEYS
     return [owner[key] for owner, key in _path_settings(data)
-            if key in _READ_AT_LOAD and isinstance(owner.get(key), str)]
+            if key in wanted and isinstance(owner.get(key), str)]
 
 
 def read_files(paths: Iterable[str]) -> dict[str, bytes | Exception]:
@@ -143,6 +163,8 @@ def _secret_file(value: object, info: ValidationInfo) -> SecretFile:
     if isinstance(value, SecretFile):
         return value
     path = _string(value)
+    if isinstance(info.context, Mapping) and info.context.get(UNRESOLVED_SECRETS):
+        return SecretFile(path, SecretStr(UNRESOLVED_SECRET))
     try:
         text = _contents(path, info).decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
@@ -162,13 +184,23 @@ def _jwks_file(value: object, info: ValidationInfo) -> JwksFile:
         raise ValueError(describe_os_error(exc)) from None
 
 
+def _loaded_file(value: object, info: ValidationInfo) -> LoadedFile:
+    if isinstance(value, LoadedFile):
+        return value
+    path = _string(value)
+    data = _contents(path, info)
+    if not data.strip():
+        raise ValueError("is empty")
+    return LoadedFile(path, data)
+
+
 def _readable(value: str, info: ValidationInfo) -> str:
     if isinstance(info.context, Mapping) and FILES in info.context:
         _contents(value, info)  # only whether loading could read it
     return value
 
 
-def _path_of(value: SecretFile | JwksFile) -> str:
+def _path_of(value: SecretFile | JwksFile | LoadedFile) -> str:
     return value.path
 
 
@@ -179,4 +211,7 @@ SecretFileSetting = Annotated[SecretFile, PlainValidator(_secret_file),
 JwksFileSetting = Annotated[JwksFile, PlainValidator(_jwks_file),
                             PlainSerializer(_path_of, return_type=str),
                             WithJsonSchema({"type": "string"})]
+LoadedFileSetting = Annotated[LoadedFile, PlainValidator(_loaded_file),
+                              PlainSerializer(_path_of, return_type=str),
+                              WithJsonSchema({"type": "string"})]
 ReadableFile = Annotated[StrictStr, AfterValidator(_readable)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -17,7 +18,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from gateway.config.yaml_dialect import EnvStr
+from gateway.config.yaml_dialect import EnvReference, EnvStr
 
 # Algorithms that may ever be configured. "none" and HS* (shared secrets) never can.
 SUPPORTED_ALGORITHMS = frozenset(
@@ -30,18 +31,20 @@ MAX_LIFETIME_LIMIT = 86_400.0  # the replay ledger holds every jti this long
 # Validation context flag: values come from a config file, so durations need units
 # and secrets must arrive through !env. Python callers building settings skip both.
 FROM_FILE = "from_file"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 SECRET_IN_YAML = "secrets never appear in the YAML itself: use !env NAME or secret_file"
+# What an unresolved `!env` redis_url stands for (.invalid never resolves, RFC 6761).
+UNRESOLVED_REDIS_URL = "redis://unresolved.invalid:6379/0"
 
 
 def parse_duration(value: object) -> float:
-    """Seconds in "250ms", "15s", "5m", "1h" or "1.5s"; raises ValueError for anything else."""
+    """Seconds in "250ms", "15s", "5m", "1h", "14d" or "1.5s"; raises ValueError otherwise."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f"a duration needs a unit, e.g. '{value}s' (ms, s, m or h)")
+        raise ValueError(f"a duration needs a unit, e.g. '{value}s' (ms, s, m, h or d)")
     match = _DURATION.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise ValueError("must be a duration such as '250ms', '15s', '5m' or '1h'")
+        raise ValueError("must be a duration such as '250ms', '15s', '5m', '1h' or '14d'")
     return float(match[1]) * _UNIT_SECONDS[match[2]]
 
 
@@ -112,6 +115,8 @@ def _env_only(value: object, info: ValidationInfo) -> object:
 
 
 def _check_redis_url(value: object, info: ValidationInfo) -> object:
+    if isinstance(value, EnvReference):
+        return UNRESOLVED_REDIS_URL  # loaded without secrets: never connected to
     if isinstance(value, str):
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix"):
@@ -124,7 +129,7 @@ def _check_redis_url(value: object, info: ValidationInfo) -> object:
 Duration = Annotated[
     float,
     BeforeValidator(_duration),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h)$"}),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)$"}),
 ]
 HttpUrl = Annotated[StrictStr, AfterValidator(_check_http_url)]
 UrlPath = Annotated[StrictStr, AfterValidator(_check_path)]
@@ -154,3 +159,25 @@ def _check_host_port(value: object) -> object:
 
 HostPort = Annotated[StrictStr, BeforeValidator(_check_host_port)]
 HostPorts = Annotated[tuple[HostPort, ...], Field(strict=False)]
+
+
+_NOT_A_NETWORK = ("must be an IP address or a network in CIDR notation, e.g. 10.0.0.0/8 or "
+                  "2001:db8::/32 (no zone id)")
+
+
+def _check_network(value: str) -> str:
+    if "%" in value:  # a zone id names an interface, which forwarded addresses never carry
+        raise ValueError(_NOT_A_NETWORK)
+    try:
+        network = ipaddress.ip_network(value)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(_NOT_A_NETWORK) from None
+        raise ValueError(f"has host bits set; the network is {loose}") from None
+    return str(network)
+
+
+Network = Annotated[StrictStr, AfterValidator(_check_network)]
+Networks = Annotated[tuple[Network, ...], Field(strict=False)]

@@ -47,6 +47,8 @@ class AssertionPolicy:
     max_lifetime: float
     clock_skew: float
     require_typ: bool
+    # A key whose x5c leaf has expired (plus clock_skew) stops verifying.
+    refuse_expired_certificates: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +105,24 @@ def verify_assertion(
     """Check the header against the policy, the signature against the client's keys, then claims.
 
     Raises InvalidClient with reason alg_not_allowed, bad_typ, missing_typ, no_matching_key,
-    bad_signature, bad_header (x5c not a certificate), certificate_key_mismatch, bad_issuer,
-    bad_subject, bad_audience, missing_exp, bad_time_window, expired, issued_in_future,
-    not_yet_valid, lifetime_too_long, missing_jti, bad_jti or bad_claims.
+    bad_signature, certificate_expired (with ``refuse_expired_certificates``: only a key
+    whose x5c leaf has expired verified), bad_header (x5c not a certificate),
+    certificate_key_mismatch, bad_issuer, bad_subject, bad_audience, missing_exp,
+    bad_time_window, expired, issued_in_future, not_yet_valid, lifetime_too_long,
+    missing_jti, bad_jti or bad_claims.
     """
     try:
         header = parsed.header
         alg = header["alg"]
         check_algorithm(alg, policy.algorithms)
         check_typ(header.get("typ"), policy.require_typ)
-        key = verify_signature(parsed, alg, select_keys(header, keys, alg))
+        candidates = select_keys(header, keys, alg)
+        soonest = keys.certificate_not_after  # None unless a key of the set has a certificate
+        if (soonest is not None and policy.refuse_expired_certificates
+                and soonest + policy.clock_skew <= now):
+            key = _verify_unexpired(parsed, alg, candidates, now - policy.clock_skew)
+        else:
+            key = verify_signature(parsed, alg, candidates)
         if "x5c" in header:  # only assertions carrying a certificate pay for parsing it
             check_certificate_binding(header["x5c"], key.key)
         jti, exp = _check_claims(parsed.claims, policy, now)
@@ -239,6 +249,26 @@ def verify_signature(
         if key.verifiers[alg](signing_input, signature):
             return key
     raise KeyMiss(Reason.BAD_SIGNATURE, f"{len(candidates)} key(s) tried")
+
+
+def _verify_unexpired(
+    parsed: ParsedAssertion, alg: str, candidates: tuple[VerificationKey, ...], cutoff: float
+) -> VerificationKey:
+    """verify_signature, keys whose certificate expired at or before ``cutoff`` tried last.
+
+    Raises KeyMiss certificate_expired when only such a key verifies (a refetch may bring
+    its renewed certificate), KeyMiss bad_signature when none does.
+    """
+    expired = tuple(key for key in candidates
+                    if key.not_after is not None and key.not_after <= cutoff)
+    if not expired:
+        return verify_signature(parsed, alg, candidates)
+    live = tuple(key for key in candidates if key.not_after is None or key.not_after > cutoff)
+    key = verify_signature(parsed, alg, live + expired)
+    if key.not_after is not None and key.not_after <= cutoff:
+        raise KeyMiss(Reason.CERTIFICATE_EXPIRED, f"x5c notAfter {key.not_after:.0f}, "
+                      f"kid {str(key.kid)[:64]!r}")
+    return key
 
 
 def _check_claims(

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.key_certificates import NOT_A_CHAIN, is_certificate_chain
+
 MIN_RSA_BITS = 2048
 # Verification cost grows with the modulus: a huge key set by a hostile JWKS host (or a
 # careless config) must not turn every token into a CPU sink.
@@ -87,6 +89,8 @@ def _usage_problem(key: Mapping[str, Any]) -> str | None:
             return "'key_ops' must be a list of strings"
         if "verify" not in ops:
             return "has 'key_ops' without 'verify': it is not a verification key"
+    if "x5c" in key and not is_certificate_chain(key["x5c"]):
+        return NOT_A_CHAIN
     return None
 
 

@@ -17,6 +17,7 @@ from joserfc.jwa import JWSAlgModel
 from gateway.core.errors import KeyMiss
 from gateway.core.jwk_rules import MIN_RSA_BITS as MIN_RSA_BITS  # part of this module's API
 from gateway.core.jwk_rules import KeyRefusal, is_sequence, key_refusal
+from gateway.core.key_certificates import KeyCertificate, read_key_certificate
 from gateway.core.reasons import Reason
 
 MAX_KEY_TRIES = 4  # keys tried when the header names none: bounds the CPU one token can cost
@@ -58,12 +59,18 @@ class VerificationKey:
     thumbprint: str             # RFC 7638 SHA-256 thumbprint, base64url
     x5t: str | None             # from JWK x5t (unpadded base64url form for comparison)
     x5t_s256: str | None        # from JWK x5t#S256 (unpadded)
+    # The JWK's x5c leaf, read at import (it holds this very key), and its notAfter.
+    certificate: KeyCertificate | None = field(default=None, compare=False, repr=False)
+    not_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class KeySet:
     keys: tuple[VerificationKey, ...]
     by_kid: Mapping[str, tuple[VerificationKey, ...]]
+    # The soonest notAfter of the keys' certificates; None when no key carries x5c (then
+    # nothing about certificates costs anything on the request path).
+    certificate_not_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +137,9 @@ def _index(keys: Iterable[VerificationKey]) -> KeySet:
     for key in keys:
         if key.kid is not None:
             by_kid[key.kid] = (*by_kid.get(key.kid, ()), key)
-    return KeySet(keys=keys, by_kid=MappingProxyType(by_kid))
+    expiries = [key.not_after for key in keys if key.not_after is not None]
+    return KeySet(keys=keys, by_kid=MappingProxyType(by_kid),
+                  certificate_not_after=min(expiries, default=None))
 
 
 def select_keys(
@@ -215,9 +224,16 @@ def _import_key(jwk_dict: object) -> tuple[dict[str, Any], VerificationKey] | Ke
     try:
         key = jwk.import_key(dict(clean), clean["kty"])
         thumbprint = key.thumbprint()
-        verifiers = _verifiers(key.get_op_key("verify"), algorithms)
+        public_key = key.get_op_key("verify")
+        verifiers = _verifiers(public_key, algorithms)
     except Exception as exc:  # joserfc and cryptography raise many types for bad members
         return KeyRefusal(f"cannot import ({type(exc).__name__})")
+    certificate: KeyCertificate | None = None
+    if "x5c" in clean:
+        leaf = read_key_certificate(clean["x5c"], public_key)
+        if isinstance(leaf, str):
+            return KeyRefusal(leaf)
+        certificate = leaf
     x5t, x5t_s256 = clean.get("x5t"), clean.get("x5t#S256")
     return clean, VerificationKey(
         key=key,
@@ -227,6 +243,8 @@ def _import_key(jwk_dict: object) -> tuple[dict[str, Any], VerificationKey] | Ke
         thumbprint=thumbprint,
         x5t=unpadded(x5t) if x5t is not None else None,
         x5t_s256=unpadded(x5t_s256) if x5t_s256 is not None else None,
+        certificate=certificate,
+        not_after=certificate.not_after if certificate is not None else None,
     )
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
 from tests.conftest import ISSUER, TOKEN_PATH, Backend, GatewayFactory, Running
 from tests.support.tokens import make_signer
 
@@ -114,3 +118,33 @@ async def test_random_iss_kid_and_jti_do_not_grow_the_series_count(
     for _name, labels in after:
         for _, value in labels:
             assert "iss-" not in value and "kid-" not in value
+
+
+def test_the_certificate_expiry_series_is_written_only_when_it_changes() -> None:
+    metrics = GatewayMetrics()
+    name, labels = "pkjwt_client_certificate_expiry_timestamp_seconds", {"client": CLIENT}
+    metrics.set_certificate_expiry(CLIENT, 1_900_000_000.0)
+    assert metrics.registry.get_sample_value(name, labels) == 1_900_000_000.0
+    metrics.certificate_expiry.remove(CLIENT)  # behind its back: an unchanged value is no write
+    metrics.set_certificate_expiry(CLIENT, 1_900_000_000.0)
+    assert metrics.registry.get_sample_value(name, labels) is None
+    metrics.set_certificate_expiry(CLIENT, 1_950_000_000.0)
+    assert metrics.registry.get_sample_value(name, labels) == 1_950_000_000.0
+    assert metrics.certificate_clients() == {CLIENT}
+    metrics.set_certificate_expiry(CLIENT, None)
+    assert metrics.registry.get_sample_value(name, labels) is None
+    assert metrics.certificate_clients() == frozenset()
+    metrics.set_certificate_expiry(CLIENT, None)  # no series, nothing to drop
+
+
+def test_worker_processes_drop_a_certificate_expiry_as_nan(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # prometheus-client cannot remove a series in multiprocess mode: NaN never alerts.
+    metrics = GatewayMetrics()
+    metrics.set_certificate_expiry(CLIENT, 1_900_000_000.0)
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    metrics.set_certificate_expiry(CLIENT, None)
+    value = metrics.registry.get_sample_value(
+        "pkjwt_client_certificate_expiry_timestamp_seconds", {"client": CLIENT})
+    assert value is not None and math.isnan(value)

@@ -30,8 +30,9 @@ from gateway.core.assertion import (
     parse_assertion,
     verify_assertion,
 )
-from gateway.core.errors import GatewayError, InvalidClient
+from gateway.core.errors import GatewayError, InvalidClient, KeyMiss
 from gateway.core.keyset import MAX_KEY_TRIES, KeySet, prepare_keyset
+from tests.support.key_certificates import with_certificate
 from tests.support.tokens import (
     AUDIENCE,
     CLIENT_ID,
@@ -833,3 +834,60 @@ def test_checked_headers_are_kept_read_only_and_bounded() -> None:
     for kid in range(module.MAX_CACHED_HEADERS + 10):
         parse_assertion(signer.sign({"alg": "ES256", "kid": f"k{kid}"}, valid_claims()))
     assert len(module._HEADERS) <= module.MAX_CACHED_HEADERS
+
+
+# ---------------------------------------------------------------- registered keys' certificates
+
+REFUSING = replace(POLICY, refuse_expired_certificates=True)
+SKEW = POLICY.clock_skew
+
+
+@pytest.mark.parametrize(
+    ("not_after", "policy", "outcome"),
+    [
+        pytest.param(NOW - 3600, POLICY, "accepted", id="expired-refusal-off"),
+        pytest.param(NOW - 3600, REFUSING, "certificate_expired", id="expired-refusal-on"),
+        pytest.param(NOW - SKEW, REFUSING, "certificate_expired", id="expired-by-the-skew"),
+        pytest.param(NOW - SKEW + 1, REFUSING, "accepted", id="within-the-skew"),
+        pytest.param(NOW + 3600, REFUSING, "accepted", id="valid-refusal-on"),
+    ],
+)
+def test_an_expired_key_certificate_stops_verifying_only_when_refused(
+    not_after: float, policy: AssertionPolicy, outcome: str
+) -> None:
+    signer = with_certificate(ES, not_after=not_after)
+    token = signer.assertion()
+    if outcome == "accepted":
+        assert check(token, signer.keyset(), policy).kid == ES.kid
+    else:
+        error = refused(token, signer.keyset(), policy)
+        assert isinstance(error, KeyMiss)  # a refetch may bring the renewed certificate
+        assert error.reason == outcome and "notAfter" in error.detail
+
+
+def test_an_expired_certificate_of_another_key_does_not_refuse_a_valid_key() -> None:
+    expired = with_certificate(make_signer("ES256", kid="old", slot=1), not_after=NOW - 3600)
+    current = with_certificate(make_signer("ES256", kid="new"), not_after=NOW + 3600)
+    keys = expired.keyset(current)
+    assert check(current.assertion(), keys, REFUSING).kid == "new"
+    assert refused(expired.assertion(), keys, REFUSING).reason == "certificate_expired"
+
+
+def test_a_key_published_with_its_renewed_certificate_verifies_beside_the_expired_one() -> None:
+    # Same key, old and renewed certificate, one kid: the renewed entry verifies, whatever
+    # the order the set lists them in.
+    old = with_certificate(ES, not_after=NOW - 3600, serial=1)
+    renewed = with_certificate(ES, not_after=NOW + 30 * 86_400, serial=2)
+    for keys in (old.keyset(renewed), renewed.keyset(old)):
+        assert check(ES.assertion(), keys, REFUSING).kid == ES.kid
+
+
+def test_an_attacker_key_is_refused_for_its_signature_not_for_an_expired_certificate() -> None:
+    registered = with_certificate(ES, not_after=NOW - 3600)
+    attacker = make_signer("ES256", kid=ES.kid, slot=3)  # same kid, another key
+    error = refused(attacker.assertion(), registered.keyset(), REFUSING)
+    assert error.reason == "bad_signature"
+
+
+def test_keys_without_certificates_are_untouched_by_the_refusal() -> None:
+    assert check(ES.assertion(), ES.keyset(), REFUSING).kid == ES.kid

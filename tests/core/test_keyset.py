@@ -24,7 +24,8 @@ from gateway.core.keyset import (
     key_algorithms,
     prepare_keyset,
 )
-from tests.support.tokens import OMIT, Signer, b64url, make_signer, merge
+from tests.support.key_certificates import DAY, with_certificate
+from tests.support.tokens import NOW, OMIT, Signer, b64url, make_signer, merge
 
 PATH = "clients.acme.jwks"
 
@@ -477,3 +478,92 @@ def test_ecdsa_signature_from_der_form_is_refused() -> None:
     assert decode_dss_signature(der) != (r, s)  # a fresh signature, still valid
     assert not key.verifiers["ES256"](MESSAGE, der)
     assert not joserfc_verdict(key, "ES256", MESSAGE, der)
+
+
+# ---------------------------------------------------------------- x5c: the key's own certificate
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA", "ES512"])
+def test_x5c_leaf_not_after_is_read_once_at_import(alg: str) -> None:
+    signer = with_certificate(make_signer(alg), not_before=NOW - 20 * DAY,
+                              not_after=NOW + 5 * DAY, serial=0xABC)
+    result = import_jwks({"keys": [signer.public_jwk]}, PATH)
+    assert result.problems == ()
+    (key,) = result.keyset.keys
+    assert key.not_after == NOW + 5 * DAY
+    assert key.certificate is not None
+    assert (key.certificate.subject, key.certificate.issuer) == (
+        "O=Acme Corp,CN=client-a", "O=Acme Corp,CN=client-a")
+    assert (key.certificate.serial, key.certificate.not_before) == ("0ABC", NOW - 20 * DAY)
+    assert result.keyset.certificate_not_after == NOW + 5 * DAY
+
+
+def test_the_soonest_certificate_expiry_of_a_set_is_kept() -> None:
+    later = with_certificate(make_signer("ES256"), not_after=NOW + 90 * DAY)
+    sooner = with_certificate(make_signer("ES256", slot=1), not_after=NOW + 3 * DAY)
+    plain = make_signer("RS256")
+    keys = later.keyset(sooner, plain)
+    assert [key.not_after for key in keys.keys] == [NOW + 90 * DAY, NOW + 3 * DAY, None]
+    assert keys.certificate_not_after == NOW + 3 * DAY
+
+
+def test_a_set_without_certificates_has_no_expiry() -> None:
+    assert make_signer("ES256").keyset(make_signer("RS256")).certificate_not_after is None
+
+
+def test_an_expired_certificate_still_imports_the_key() -> None:
+    # Expiry is watched and, with refuse_expired_certificates, enforced per request; the
+    # key itself stays usable, so turning refusal off is enough to let it verify again.
+    signer = with_certificate(make_signer("ES256"), not_after=NOW - DAY)
+    (key,) = signer.keyset().keys
+    assert key.not_after == NOW - DAY
+
+
+def _x5c_of(signer: Signer) -> list[str]:
+    x5c: list[str] = with_certificate(signer, not_after=NOW + DAY).public_jwk["x5c"]
+    return x5c
+
+
+X5C_UNUSABLE = [
+    pytest.param(_x5c_of(make_signer("ES256", slot=1)), "certifies another key",
+                 id="leaf-of-another-key-same-type"),
+    pytest.param(_x5c_of(make_signer("RS256")), "certifies another key",
+                 id="leaf-of-another-key-type"),
+    pytest.param(["MIIB"], "not a base64 DER certificate", id="not-a-certificate"),
+    pytest.param([b64url(b"\x30\x03\x02\x01\x01")], "not a base64 DER certificate",
+                 id="base64url-not-base64"),
+    pytest.param(["!!!!"], "not a base64 DER certificate", id="not-base64"),
+    pytest.param("MIIB", "must be a list of 1 to 10", id="a-string"),
+    pytest.param([], "must be a list of 1 to 10", id="empty"),
+    pytest.param(["MIIB"] * 11, "must be a list of 1 to 10", id="too-many"),
+    pytest.param([7], "must be a list of 1 to 10", id="a-number"),
+]
+
+
+@pytest.mark.parametrize(("x5c", "message"), X5C_UNUSABLE)
+def test_x5c_that_does_not_certify_the_jwk_makes_the_key_unusable(x5c: Any,
+                                                                   message: str) -> None:
+    good = make_signer("RS256")
+    broken = make_signer("ES256").with_jwk(x5c=x5c)
+    result = import_jwks({"keys": [broken.public_jwk, good.public_jwk]}, PATH)
+    assert [path for path, _ in result.problems] == [f"{PATH}.keys[0]"]
+    assert message in result.problems[0][1] and "'x5c'" in result.problems[0][1]
+    assert [key.thumbprint for key in result.keyset.keys] == [
+        key.thumbprint for key in good.keyset().keys]
+    assert result.secret == ()
+    with pytest.raises(ValueError, match="key 0: 'x5c'"):
+        prepare_keyset([broken.public_jwk])
+
+
+def test_a_leaf_of_another_key_is_refused_even_with_a_valid_chain_after_it() -> None:
+    # Only the first certificate is the key's; the rest of the chain cannot rescue it.
+    signer = make_signer("ES256")
+    x5c = [*_x5c_of(make_signer("ES256", slot=1)), *_x5c_of(signer)]
+    result = import_jwks({"keys": [signer.with_jwk(x5c=x5c).public_jwk]}, PATH)
+    assert "certifies another key" in result.problems[0][1]
+
+
+def test_a_problem_message_never_holds_the_certificate() -> None:
+    leaf = _x5c_of(make_signer("ES256", slot=1))
+    result = import_jwks({"keys": [make_signer("ES256").with_jwk(x5c=leaf).public_jwk]}, PATH)
+    assert all(leaf[0][:16] not in message for _, message in result.problems)
