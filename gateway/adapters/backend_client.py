@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ _HOST = re.compile(r"[A-Za-z0-9.\-_:%]+")
 # RFC 9110 §8.6: GET and HEAD give no meaning to content, so an empty one gets no Content-Length.
 _BODYLESS_METHODS = frozenset({"GET", "HEAD"})
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
+# RFC 9110 §9.2.2 lets a client retry an idempotent request automatically. Only the safe ones
+# are: a token POST that reached the backend may have issued a token.
+_RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _TIMER_SLACK = 0.001  # seconds: loop timers run when due within the clock's resolution
 
 
@@ -78,13 +82,15 @@ class BackendReply:
 class _Connection(asyncio.Protocol):
     """One connection: its parser and the one exchange in flight on it."""
 
-    __slots__ = ("body", "client", "closed", "deadline", "done", "head", "headers",
-                 "headers_done", "idle_since", "loop", "parser", "reason", "received",
-                 "reusable", "status", "transport", "waiter")
+    __slots__ = ("body", "client", "closed", "deadline", "done", "exchanges", "fd", "head",
+                 "headers", "headers_done", "idle_since", "loop", "parser", "reason",
+                 "received", "reusable", "status", "transport", "waiter")
 
     def __init__(self, client: BackendClient, loop: asyncio.AbstractEventLoop) -> None:
         self.client, self.loop = client, loop
         self.transport: asyncio.Transport | None = None
+        self.fd = -1  # the socket's descriptor, polled before an idle connection is reused
+        self.exchanges = 0  # requests sent on this connection
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
@@ -102,7 +108,9 @@ class _Connection(asyncio.Protocol):
         # No timer per request: the client's one sweeper fails exchanges past their deadline.
         self.deadline = deadline
         self.client._watch_deadline(deadline)
-        self.head, self.received, self.done, self.reusable = head, 0, None, True
+        self.head, self.received, self.done = head, 0, None
+        self.reusable = self.client._keepalive > 0
+        self.exchanges += 1
         try:
             cast(asyncio.Transport, self.transport).write(data)
         except Exception as exc:
@@ -111,6 +119,27 @@ class _Connection(asyncio.Protocol):
                 raise
             self.fail(failure)
         return waiter
+
+    def still_open(self) -> bool:
+        """Whether this idle connection can carry a request: not closing, nothing to read.
+
+        The backend may have hung up an instant ago: its FIN (or a reset, or a 408 sent
+        before hanging up) is already in the socket while the loop has not read it yet, so
+        eof_received has not run. Then the socket is readable; a request sent there fails.
+        """
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return False
+        if self.fd < 0:
+            return True
+        poller = select.poll()  # not select.select: descriptors past 1023 are common here
+        poller.register(self.fd, select.POLLIN)
+        return not poller.poll(0)
+
+    def failed_before_answer(self) -> bool:
+        """Whether the last exchange failed on a reused connection before any byte came back:
+        the backend's hang-up raced the request (it may still have read the request)."""
+        return self.exchanges > 1 and self.received == 0
 
     def time_out(self) -> None:
         self.fail(BackendTimeout("backend_timeout"))
@@ -146,6 +175,9 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.fd = sock.fileno()
         self.client._conns.add(self)
 
     def eof_received(self) -> None:
@@ -229,7 +261,14 @@ class _Connection(asyncio.Protocol):
 
 
 class BackendClient:
-    """Sends requests to one backend origin over a bounded LIFO pool of keep-alive connections."""
+    """Sends requests to one backend origin over a bounded LIFO pool of keep-alive connections.
+
+    An idle connection is kept for ``keepalive`` seconds, then closed; 0 means none is kept
+    (each request on a new connection, sent with ``Connection: close``). Keep it below the
+    backend's own idle timeout: a POST is never retried, so one sent on a connection the
+    backend is closing at that moment fails. A connection the backend has already closed is
+    noticed before reuse (see _Connection.still_open).
+    """
 
     def __init__(self, base_url: str, *, timeout: float, connect_timeout: float | None = None,
                  max_connections: int = 256, keepalive: float = 4.0,
@@ -248,6 +287,9 @@ class BackendClient:
         if self._port != default_port:
             authority += f":{self._port}"
         self._request_tail = f" HTTP/1.1\r\nHost: {authority}\r\n"
+        if keepalive <= 0:  # RFC 9112 §9.6: a client that will not reuse the connection says so
+            self._request_tail += "Connection: close\r\n"
+        self._tail_breaks = self._request_tail.count("\n")
         self._ssl = (ssl_context or ssl.create_default_context()) if tls else None
         self._timeout, self._connect_timeout = timeout, connect_timeout
         self._max, self._keepalive, self._max_reply = max_connections, keepalive, max_reply_bytes
@@ -259,10 +301,15 @@ class BackendClient:
         self._closed = False
         self._gone: asyncio.Future[None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None  # set while an exchange is in flight
+        self._reaper: asyncio.TimerHandle | None = None  # set while a connection is idle
 
     async def request(self, method: str, path_qs: str, headers: Sequence[tuple[str, str]],
                       body: bytes) -> BackendReply:
-        """Send one request and read the whole reply; never retried (it may have arrived).
+        """Send one request and read the whole reply.
+
+        Never retried (it may have arrived), except a GET, HEAD or OPTIONS that a reused
+        connection lost before any byte of the answer came back: that one is sent once more on
+        another connection, within the same budget.
 
         Raises UnsendableRequest before anything is written if the request cannot be written
         safely, BackendTimeout when the budget runs out, BackendUnavailable on any other failure.
@@ -276,7 +323,20 @@ class BackendClient:
         conn = self._take_idle(now)
         if conn is None:
             conn = await self._acquire(loop, deadline)
-        waiter = conn.exchange(data, method == "HEAD", deadline)
+        head = method == "HEAD"
+        try:
+            return await self._exchange(conn, data, head, deadline)
+        except BackendUnavailable as exc:
+            if (isinstance(exc, BackendTimeout) or method not in _RETRIED_METHODS
+                    or not conn.failed_before_answer() or self._closed):
+                raise
+        conn = await self._acquire(loop, deadline)
+        return await self._exchange(conn, data, head, deadline)
+
+    @staticmethod
+    async def _exchange(conn: _Connection, data: bytes, head: bool,
+                        deadline: float) -> BackendReply:
+        waiter = conn.exchange(data, head, deadline)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -286,9 +346,10 @@ class BackendClient:
     async def close(self) -> None:
         """Close every connection, idle or busy; requests in flight fail with BackendUnavailable."""
         self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for timer in (self._sweeper, self._reaper):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._reaper = None
         self._idle.clear()
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -318,7 +379,7 @@ class BackendClient:
             raise UnsendableRequest("a surrogate in the request line or a header") from exc
         # A CR or LF we did not write is how requests get smuggled; checked after encoding
         # because surrogateescape can turn "\udc0d" into a raw CR.
-        breaks = len(lines) - 2
+        breaks = len(lines) - 4 + self._tail_breaks
         if head.count(b"\r") != breaks or head.count(b"\n") != breaks or b"\0" in head:
             raise UnsendableRequest("CR, LF or NUL in the request line or a header")
         return head + body if body else head
@@ -327,9 +388,9 @@ class BackendClient:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self._keepalive:
-                return conn
             # Past keepalive the backend may hang up while our POST is in flight: never risk it.
+            if now - conn.idle_since < self._keepalive and conn.still_open():
+                return conn
             conn.abort()
         return None
 
@@ -350,8 +411,9 @@ class BackendClient:
                         raise
                     if conn is None:  # a freed slot was handed to us
                         return await self._connect(loop, deadline)
-                    if not conn.closed:
+                    if conn.still_open():  # the backend may hang up right after answering
                         return conn
+                    conn.abort()
         except Exception as exc:
             failure = backend_error_for(exc, "acquire")
             if failure is None:
@@ -393,10 +455,21 @@ class BackendClient:
             conn.abort()
         else:
             conn.idle_since = now = conn.loop.time()
-            idle = self._idle
-            idle.append(conn)
-            if now - idle[0].idle_since >= self._keepalive:  # sweep the coldest, one per call
-                idle.pop(0).abort()
+            self._idle.append(conn)
+            if self._reaper is None:
+                self._reaper = conn.loop.call_at(now + self._keepalive, self._reap)
+
+    def _reap(self) -> None:
+        """Close the connections idle for keepalive, so that we hang up before the backend
+        does; wait for the next one to come due."""
+        self._reaper = None
+        idle, keepalive = self._idle, self._keepalive
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        now = loop.time() + _TIMER_SLACK
+        while idle and now - idle[0].idle_since >= keepalive:  # the coldest first
+            idle.pop(0).abort()
+        if idle:
+            self._reaper = loop.call_at(idle[0].idle_since + keepalive, self._reap)
 
     def _watch_deadline(self, deadline: float) -> None:
         """Make sure an exchange due by ``deadline`` is failed if it is still waiting then.

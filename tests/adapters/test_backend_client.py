@@ -26,6 +26,7 @@ from gateway.adapters.backend_client import (
 ServerFactory = Callable[..., Awaitable[TestServer]]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 FORM = b"grant_type=client_credentials&scope=a+b"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 @dataclass
@@ -360,6 +361,84 @@ async def test_each_exchange_times_out_at_its_own_deadline(
     for elapsed, outcome in results:
         if outcome == "timeout":
             assert 0.35 < elapsed < 0.9, results
+
+
+async def test_keepalive_zero_opens_a_connection_per_request_and_says_so(
+    recorder: Recorder, client_for: Callable[..., BackendClient]
+) -> None:
+    client = client_for(recorder.url, keepalive=0)
+    for _ in range(3):
+        assert (await client.request("POST", "/t", [("X-A", "1")], FORM)).status == 200
+    assert len(set(recorder.peers)) == 3
+    assert all(headers[1:] == [("Connection", "close"), ("X-A", "1"),
+                               ("Content-Length", str(len(FORM)))]
+               for headers in recorder.raw_headers)
+    with pytest.raises(UnsendableRequest):  # the extra line does not loosen the CR/LF check
+        await client.request("POST", "/t", [("X-A", "v\r\nX-Injected: 1")], FORM)
+
+
+async def answers_once_then_drops_the_next(reader: asyncio.StreamReader,
+                                           writer: asyncio.StreamWriter) -> None:
+    """The backend's hang-up crossing a request on the wire: read, then gone unanswered."""
+    await read_request(reader)
+    writer.write(OK)
+    await writer.drain()
+    await read_request(reader)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+async def test_a_safe_request_lost_on_a_reused_connection_is_sent_once_more(
+    client_for: Callable[..., BackendClient], method: str
+) -> None:
+    async with raw_server(answers_once_then_drops_the_next) as (url, conns):
+        client = client_for(url)
+        await client.request("GET", "/warm", [], b"")
+        reply = await client.request(method, "/again", [], b"")
+        assert (reply.status, len(conns)) == (200, 2)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_an_unsafe_request_lost_on_a_reused_connection_is_never_resent(
+    client_for: Callable[..., BackendClient], method: str
+) -> None:
+    async with raw_server(answers_once_then_drops_the_next) as (url, conns):
+        client = client_for(url)
+        await client.request("POST", "/warm", [], FORM)
+        with pytest.raises(BackendUnavailable, match="backend_closed"):
+            await client.request(method, "/token", [], FORM)
+        assert len(conns) == 1
+
+
+async def test_a_request_lost_on_a_new_connection_is_not_resent(
+    client_for: Callable[..., BackendClient]
+) -> None:
+    async def drops_everything(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with raw_server(drops_everything) as (url, conns):
+        client = client_for(url)
+        with pytest.raises(BackendUnavailable, match="backend_closed"):
+            await client.request("GET", "/", [], b"")
+        assert len(conns) == 1
+
+
+async def test_a_safe_request_is_not_resent_once_part_of_the_answer_came(
+    client_for: Callable[..., BackendClient]
+) -> None:
+    async def cuts_the_second_answer(reader: asyncio.StreamReader,
+                                     writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart")
+
+    async with raw_server(cuts_the_second_answer) as (url, conns):
+        client = client_for(url)
+        await client.request("GET", "/", [], b"")
+        with pytest.raises(BackendUnavailable):
+            await client.request("GET", "/", [], b"")
+        assert len(conns) == 1
 
 
 @pytest.mark.parametrize(
