@@ -32,7 +32,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps the rest out of the context).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
 # Every dependency ships manylinux wheels for CPython 3.11 on amd64 and arm64, so no compiler
 # is needed; on a platform without them, install build-essential in this stage only.

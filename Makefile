@@ -5,13 +5,20 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint typecheck pytest fuzz bench clean
 
+# Two markers: `make demo` needs the runtime dependencies only (.runtime); every other
+# target needs the development tools too (.installed, which includes the runtime ones).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.runtime
 
-demo: $(VENV)/.installed
+$(VENV)/.runtime: pyproject.toml
+	if [ $(VENV)/.installed -nt pyproject.toml ]; then touch $@; else \
+		$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip && \
+		$(BIN)/pip install --quiet -e . && touch $@; fi
+
+demo: $(VENV)/.runtime
 	$(BIN)/pkjwt-gateway demo
 
 test: lint typecheck pytest

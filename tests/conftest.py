@@ -127,10 +127,10 @@ ROOMY_LIMITS = ("limits: {failures_per_client: {rate: 1000, burst: 100000}, "
 
 def gateway_yaml(backend_url: str, jwks: dict[str, Any], *, policy: str = "",
                  client: str = "", extra: str = "", client_id: str = "ci-pipeline",
-                 limits: str = ROOMY_LIMITS) -> str:
+                 limits: str = ROOMY_LIMITS, backend: str = "") -> str:
     return f"""{limits}
 issuer: {ISSUER}
-backend: {{url: "{backend_url}", timeout: 1s}}
+backend: {{url: "{backend_url}", timeout: 1s{backend}}}
 endpoints: [{TOKEN_PATH}, /oauth2/introspect]
 passthrough: [/.well-known/openid-configuration]
 policy: {{algorithms: [PS256, ES256, EdDSA, RS256], max_lifetime: 300s, clock_skew: 15s{policy}}}

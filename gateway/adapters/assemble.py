@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,6 +10,7 @@ from datetime import time as datetime_time
 from email.utils import format_datetime
 from typing import Any
 
+from gateway.adapters.certificate_runtime import build_certificate_credential
 from gateway.adapters.federation_runtime import (
     RemoteKeys as RemoteKeys,  # part of this module's API
 )
@@ -29,6 +29,12 @@ from gateway.core.assertion import AssertionPolicy
 from gateway.core.backend_auth import BackendCredential
 from gateway.core.clients import ClientRuntime, LegacyPolicy
 from gateway.core.credentials import AssertionCredential, RegisteredKeys
+from gateway.core.discovery_document import (
+    NO_DISCOVERY,
+    DiscoveryRewrite,
+    discovery_paths,
+    origin_of,
+)
 from gateway.core.federation import NO_FEDERATION, Federation
 from gateway.core.keyset import import_jwks
 from gateway.core.keysource import KeySource, StaticKeySource
@@ -42,7 +48,12 @@ def _legacy_policy(settings: Settings, client_id: str) -> LegacyPolicy | None:
     legacy = settings.clients[client_id].legacy_auth
     if legacy is None:
         return None
-    since = f"@{int(time.time())}"
+    # RFC 9745 Deprecation: a date from the configuration, the same on every reload and
+    # restart; without `since` there is no date to give, so no header.
+    since = None
+    if legacy.since is not None:
+        start = datetime.combine(legacy.since, datetime_time(), UTC)
+        since = f"@{int(start.timestamp())}"
     if legacy.until is None:
         return LegacyPolicy(frozenset(legacy.allow), None, None, since)
     end = datetime.combine(legacy.until + timedelta(days=1), datetime_time(), UTC)
@@ -59,6 +70,7 @@ class Runtime:
     endpoints: frozenset[str]
     passthrough: frozenset[str]
     federation: Federation = NO_FEDERATION
+    discovery: DiscoveryRewrite = NO_DISCOVERY  # how discovery documents name the gateway
 
     def sources(self) -> list[KeySource]:
         """Every key source in use, each once (an issuer's serves all clients trusting it)."""
@@ -93,6 +105,7 @@ def _policies(settings: Settings, client_id: str) -> dict[str, AssertionPolicy]:
             max_lifetime=policy.max_lifetime,
             clock_skew=policy.clock_skew,
             require_typ=policy.require_typ,
+            refuse_expired_certificates=policy.refuse_expired_certificates,
         )
     return policies
 
@@ -121,7 +134,8 @@ def _key_source(
             and old.settings == settings.jwks_fetch):
         return old
     return RemoteKeySource(client_id, client.jwks_uri, settings.jwks_fetch, remote.session,
-                           on_fetch=remote.on_fetch, on_keys=remote.on_keys)
+                           on_fetch=remote.on_fetch, on_keys=remote.on_keys,
+                           on_certificates=remote.on_certificates)
 
 
 def _registered_sources(previous: Runtime | None) -> dict[str, KeySource]:
@@ -163,6 +177,15 @@ def build_runtime(
                 continue
             credentials = (RegisteredKeys(client_id, keys, _policies(settings, client_id),
                                           allow_reuse=client.allow_assertion_reuse),)
+        elif client.certificate is not None:
+            held = previous.clients.get(client_id) if previous is not None else None
+            try:
+                credentials = (build_certificate_credential(
+                    settings, client_id, _policies(settings, client_id),
+                    held.credentials if held is not None else ()),)
+            except ConfigError as exc:
+                problems += exc.problems
+                continue
         federated = issuer_trusts(settings, client_id, issuers)
         if federated is None or not client.enabled:
             continue
@@ -182,6 +205,31 @@ def build_runtime(
         endpoints=frozenset(settings.endpoints),
         passthrough=frozenset(settings.passthrough),
         federation=build_federation(settings, issuers, clients),
+        discovery=build_discovery_rewrite(settings, clients),
+    )
+
+
+def build_discovery_rewrite(
+    settings: Settings, clients: Mapping[str, ClientRuntime]
+) -> DiscoveryRewrite:
+    """How discovery documents on passthrough paths are rewritten under these settings.
+
+    A URL is rewritten when its origin is backend.url's, the issuer's (an IdP behind the
+    gateway often names the public issuer's host rather than its own) or public_url's (one
+    that builds its URLs from X-Forwarded-Host), and its path is one the gateway serves.
+    """
+    public = settings.public_base()
+    origins = (origin_of(settings.backend.url), origin_of(settings.issuer), origin_of(public))
+    served = frozenset(settings.endpoints)
+    passthrough = frozenset(settings.passthrough)
+    return DiscoveryRewrite(
+        paths=discovery_paths(settings.issuer) & passthrough,
+        public_base=public,
+        origins=frozenset(origin for origin in origins if origin is not None),
+        endpoints=served,
+        routes=served | passthrough,
+        algorithms=tuple(dict.fromkeys(settings.policy.algorithms)),
+        legacy=tuple(client.legacy for client in clients.values() if client.legacy is not None),
     )
 
 

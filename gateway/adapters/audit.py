@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring_ascii
 from operator import attrgetter
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from gateway.core.attempt import Attempt
 
@@ -23,13 +23,18 @@ class AuditRecord:
     result: str
     reason: str
     client: str | None = None
-    method: str | None = None  # private_key_jwt, federated, or a shared-secret method
+    method: str | None = None  # private_key_jwt, federated, certificate, or a secret method
     # Federated tokens: the trust that accepted, the configured issuer, the token's own sub.
     trust: str | None = None
     issuer: str | None = None
     subject: str | None = None
     kid: str | None = None
     key_thumbprint: str | None = None
+    # CA-anchored clients, once the x5c chain validated: the leaf's subject, serial and
+    # x5t#S256 certificate thumbprint.
+    certificate_subject: str | None = None
+    certificate_serial: str | None = None
+    certificate_thumbprint: str | None = None
     jti_hash: str | None = None
     alg: str | None = None
     remote: str | None = None
@@ -45,6 +50,10 @@ class AuditRecord:
         self.alg = attempt.alg
         self.key_thumbprint = attempt.key_thumbprint
         self.jti_hash = attempt.jti_hash
+        if attempt.certificate_thumbprint is not None:
+            self.certificate_subject = attempt.certificate_subject
+            self.certificate_serial = attempt.certificate_serial
+            self.certificate_thumbprint = attempt.certificate_thumbprint
         if attempt.issuer is not None:
             self.trust = attempt.trust
             self.issuer = attempt.issuer
@@ -85,17 +94,57 @@ def _scalar(value: object) -> str:
     return _ENCODER.encode(value)
 
 
-class AuditLog:
-    """Writes records as JSON lines to a text stream (or nowhere, when ``stream`` is None).
+class AuditSink(Protocol):
+    """Where audit lines go: a text stream (stdout, a test's buffer) or an AuditFile."""
 
-    ``ensure_ascii`` escapes control characters and newlines, so a hostile value cannot
-    start a forged line. Lines written during one event-loop iteration are flushed together
-    at its end: one write system call for a burst of requests, and never a line held back
-    longer than that iteration.
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+
+class AuditFile:
+    """``audit.output`` as a file appended to, reopened by its path after log rotation.
+
+    O_APPEND: several worker processes can share one file, and each flush of the AuditLog
+    is one write of whole lines, so their lines never cut into each other.
     """
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, path: str) -> None:
+        """Raises OSError when the file cannot be opened for appending."""
+        self.path = path
+        self._file: TextIO = open(path, "a", encoding="utf-8")  # lives as long as the process
+
+    def write(self, text: str, /) -> int:
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def reopen(self) -> None:
+        """Open the path anew (rotation moved the old file away) and close the old one.
+
+        Raises OSError when the path cannot be opened; the old file then stays in use.
+        """
+        new = open(self.path, "a", encoding="utf-8")
+        old, self._file = self._file, new
+        old.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class AuditLog:
+    """Writes records as JSON lines to a sink (or nowhere, when ``stream`` is None).
+
+    ``ensure_ascii`` escapes control characters and newlines, so a hostile value cannot
+    start a forged line. Lines written during one event-loop iteration are held and written
+    together at its end: one write system call of whole lines for a burst of requests, and
+    never a line held back longer than that iteration.
+    """
+
+    def __init__(self, stream: AuditSink | None) -> None:
         self._stream = stream
+        self._pending: list[str] = []
         self._flush_pending = False
         self._second = -1
         self._second_text = ""
@@ -103,12 +152,21 @@ class AuditLog:
     def write(self, record: AuditRecord) -> None:
         if self._stream is None:
             return
-        try:
-            self._stream.write(encode_line(self._timestamp(), record))
-        except (OSError, ValueError):
-            # A closed or full log sink must not turn an answered request into a 500.
-            return
+        self._pending.append(encode_line(self._timestamp(), record))
         self._schedule_flush()
+
+    def reopen(self) -> str | None:
+        """After log rotation: what is held goes to the old file, later lines to a new one.
+
+        Returns the path reopened; None for stdout or no output, where there is nothing to
+        do. Raises OSError when the file cannot be opened again; lines then keep going to
+        the old one.
+        """
+        self.flush()
+        if not isinstance(self._stream, AuditFile):
+            return None
+        self._stream.reopen()
+        return self._stream.path
 
     def _timestamp(self) -> str:
         now = time.time()
@@ -131,9 +189,13 @@ class AuditLog:
 
     def flush(self) -> None:
         self._flush_pending = False
-        if self._stream is None:
+        if self._stream is None or not self._pending:
             return
+        text = "".join(self._pending)
+        self._pending.clear()
         try:
+            self._stream.write(text)
             self._stream.flush()
         except (OSError, ValueError):
+            # A closed or full log sink must not turn an answered request into a 500.
             pass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +70,15 @@ class GatewayMetrics:
             "pkjwt_jwks_last_success_timestamp_seconds",
             "Unix time of the last good fetch of a client's remote key set.", ("client",),
             registry=r, multiprocess_mode="max")
+        # Registered keys: the soonest x5c leaf's notAfter; a CA-anchored client: the leaf it
+        # presented last. Worker processes agree on the former; the latter is the most
+        # recently seen by any of them.
+        self.certificate_expiry = Gauge(
+            "pkjwt_client_certificate_expiry_timestamp_seconds",
+            "Unix time the client's certificate expires (the soonest of its registered keys' "
+            "x5c leaves, or the leaf a CA-anchored client presented last).", ("client",),
+            registry=r, multiprocess_mode="mostrecent")
+        self._certificate_expiry: dict[str, float] = {}  # what the gauge holds, per client
         self.config_reloads = Counter(
             "pkjwt_config_reloads_total", "Configuration reloads.", ("result",), registry=r)
         for result in ("ok", "refused"):  # present at 0, so increase() sees the first one
@@ -104,6 +115,28 @@ class GatewayMetrics:
         self._child(self.jwks_fetch, client, result).inc()
         if result in FETCH_SUCCESS:
             self._child(self.jwks_last_success, client).set(time.time())
+
+    def set_certificate_expiry(self, client: str, not_after: float | None) -> None:
+        """The client's certificate expiry (epoch seconds); None drops the client's series.
+
+        Cheap when nothing changed (the request path calls it for every CA-anchored
+        assertion): the gauge is only written when the value differs.
+        """
+        if not_after is not None:
+            if self._certificate_expiry.get(client) != not_after:
+                self._certificate_expiry[client] = not_after
+                self.certificate_expiry.labels(client).set(not_after)
+        elif self._certificate_expiry.pop(client, None) is not None:
+            if os.environ.get(MULTIPROC_ENV):
+                # Worker processes cannot remove a series: NaN is never below a threshold,
+                # and the most recent value is the one shown.
+                self.certificate_expiry.labels(client).set(math.nan)
+            else:
+                self.certificate_expiry.remove(client)
+
+    def certificate_clients(self) -> frozenset[str]:
+        """The clients with a certificate expiry series."""
+        return frozenset(self._certificate_expiry)
 
     # The request path: plain counts in the tally, moved into the metrics at the end of the
     # event-loop iteration (one flush for a whole burst of requests), before every scrape

@@ -9,6 +9,7 @@ import json
 import secrets
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -22,17 +23,45 @@ from gateway.web.app import create_gateway
 DEMO_ISSUER = "https://idp.demo.pkjwt.test"
 DEMO_CLIENT = "demo-pipeline"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+NEXT_STEPS = (
+    "next steps, for your own client and IdP:",
+    "   pkjwt-gateway keygen --alg ES256 --kid my-client-1 --out my-client.pem"
+    "   # the key pair; paste the printed JWKS",
+    "   #   under clients.<id>.jwks of a copy of config/gateway.example.yaml, with your issuer"
+    " and backend",
+    "   pkjwt-gateway check --config gateway.yaml --strict"
+    "   # every problem at once, with its path",
+    "   pkjwt-gateway serve --config gateway.yaml",
+    "   pkjwt-gateway explain --config gateway.yaml ASSERTION"
+    "   # why a client's assertion is refused",
+)
 
 
-def legacy_idp(client_id: str, secret: str) -> web.Application:
-    """A stand-in for a legacy IdP that knows only client_secret_basic."""
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What the legacy IdP was sent: the form, and whose Basic credential (never the secret)."""
+
+    path: str
+    basic_client: str | None
+    secret_matches: bool
+    form: tuple[tuple[str, str], ...]
+
+
+def legacy_idp(client_id: str, secret: str, seen: list[Received] | None = None,
+               ) -> web.Application:
+    """A stand-in for a legacy IdP that knows only client_secret_basic; it notes in ``seen``
+    what each request carried."""
 
     async def token(request: web.Request) -> web.Response:
         scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
         given_id, _, given_secret = base64.b64decode(encoded or "Og==").decode().partition(":")
         form = await request.post()
-        if scheme != "Basic" or (unquote_plus(given_id), unquote_plus(given_secret)) != (
-                client_id, secret):
+        matches = (unquote_plus(given_id), unquote_plus(given_secret)) == (client_id, secret)
+        if seen is not None:
+            seen.append(Received(request.path, unquote_plus(given_id) if scheme == "Basic"
+                                 else None, matches,
+                                 tuple((k, str(v)) for k, v in form.items())))
+        if scheme != "Basic" or not matches:
             return web.json_response({"error": "invalid_client"}, status=401)
         if form.get("grant_type") != "client_credentials":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
@@ -70,7 +99,8 @@ async def _demo(say: Callable[[str], None]) -> int:
     backend_secret = secrets.token_urlsafe(18)
     pem, public_jwk = generate_key("ES256", "demo-key-1")
     key = load_private_key(pem, "ES256")
-    idp, idp_port = await _start(legacy_idp(DEMO_CLIENT, backend_secret))
+    seen: list[Received] = []
+    idp, idp_port = await _start(legacy_idp(DEMO_CLIENT, backend_secret, seen))
     with tempfile.TemporaryDirectory() as tmp:
         settings = parse_settings(_config(idp_port, {"keys": [public_jwk]}), base_dir=Path(tmp),
                                   env={"DEMO_BACKEND_SECRET": backend_secret})
@@ -89,9 +119,11 @@ async def _demo(say: Callable[[str], None]) -> int:
             async with client.post(url, data=form) as first:
                 first_body = await first.json()
             say(f"1. signed token request        -> {first.status} {json.dumps(first_body)}")
+            _show_received(seen, say)
             async with client.post(url, data=form) as second:
                 second_body = await second.json()
             say(f"2. same assertion sent again   -> {second.status} {json.dumps(second_body)}")
+            say(f"   the legacy IdP received nothing more ({len(seen)} request in all)")
             async with client.get(f"http://127.0.0.1:{admin_port}/metrics") as scrape:
                 metrics = await scrape.text()
         say("audit log:")
@@ -101,12 +133,33 @@ async def _demo(say: Callable[[str], None]) -> int:
         for line in metrics.splitlines():
             if line.startswith(("pkjwt_client_auth_total", "pkjwt_replay_checks_total")):
                 say(f"   {line}")
-        ok = first.status == 200 and "access_token" in first_body and second.status == 401
+        rewritten = len(seen) == 1 and seen[0].secret_matches and not any(
+            name.startswith("client_assertion") for name, _ in seen[0].form)
+        ok = (first.status == 200 and "access_token" in first_body and second.status == 401
+              and rewritten)
         say("demo: OK" if ok else "demo: FAILED")
+        if ok:
+            for line in NEXT_STEPS:
+                say(line)
         return 0 if ok else 1
     finally:
         for runner in (public, admin, idp):
             await runner.cleanup()
+
+
+def _show_received(seen: list[Received], say: Callable[[str], None]) -> None:
+    """What the gateway forwarded: the assertion gone, the backend's own credential added."""
+    if not seen:
+        say("   the legacy IdP received nothing")
+        return
+    received = seen[-1]
+    names = {name for name, _ in received.form}
+    gone = sorted({"client_assertion", "client_assertion_type"} - names)
+    form = "&".join(f"{name}={value}" for name, value in received.form)
+    say(f"   the legacy IdP received: POST {received.path}  {form}")
+    say(f"     Authorization: Basic {received.basic_client}:******** (the backend secret of "
+        f"this client, added by the gateway; {'accepted' if received.secret_matches else 'wrong'})")
+    say(f"     {' and '.join(gone) or 'nothing'} removed: the backend never sees the assertion")
 
 
 def run_demo(*, quiet: bool = False) -> int:

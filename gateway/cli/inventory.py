@@ -1,4 +1,5 @@
-"""``pkjwt-gateway keys``: every client's key source and keys, fetching remote sets now."""
+"""``pkjwt-gateway keys``: every client's key source, keys and certificates (remote sets
+fetched now)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,31 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cryptography import x509
+
 from gateway.adapters.jwks_fetch import JwksFetchError, fetch_jwks, loggable_uri, new_jwks_session
-from gateway.config.settings import Settings
+from gateway.config.settings import ClientSettings, Settings
 from gateway.config.yaml_dialect import join_path
+from gateway.core.key_certificates import (
+    KeyCertificate,
+    days_left,
+    describe_certificate,
+    expiry_warning,
+)
 from gateway.core.keyset import KeySet, import_jwks
+
+
+@dataclass
+class CertificateEntry:
+    """A key's x5c leaf, or a CA anchor of a certificate client; never key material."""
+
+    subject: str
+    issuer: str
+    serial: str
+    not_before: str
+    not_after: str
+    days_left: int
+    warning: str | None = None  # expiring within certificate_expiry_warning, or expired
 
 
 @dataclass
@@ -20,6 +42,7 @@ class KeyEntry:
     kty: str
     algorithms: list[str]
     thumbprint: str
+    certificate: CertificateEntry | None = None
 
 
 @dataclass
@@ -45,15 +68,47 @@ class ClientEntry:
     error: str | None = None
     keys: list[KeyEntry] = field(default_factory=list)
     trusts: list[TrustEntry] = field(default_factory=list)
+    anchors: list[CertificateEntry] = field(default_factory=list)  # certificate: its ca_file
 
 
 def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def _entries(keyset: KeySet) -> list[KeyEntry]:
-    return [KeyEntry(key.kid, str(key.key.key_type), sorted(key.algorithms), key.thumbprint)
+@dataclass(frozen=True)
+class _Expiry:
+    """When the inventory is taken, and how close an expiry must be to be warned about."""
+
+    now: float
+    within: float
+
+
+def _certificate_entry(certificate: KeyCertificate, expiry: _Expiry) -> CertificateEntry:
+    return CertificateEntry(
+        certificate.subject, certificate.issuer, certificate.serial,
+        _iso(certificate.not_before), _iso(certificate.not_after),
+        days_left(certificate.not_after, expiry.now),
+        expiry_warning(certificate.not_after, expiry.now, expiry.within))
+
+
+def _entries(keyset: KeySet, expiry: _Expiry) -> list[KeyEntry]:
+    return [KeyEntry(key.kid, str(key.key.key_type), sorted(key.algorithms), key.thumbprint,
+                     _certificate_entry(key.certificate, expiry)
+                     if key.certificate is not None else None)
             for key in keyset.keys]
+
+
+def _describe_anchors(client_id: str, client: ClientSettings, expiry: _Expiry) -> ClientEntry:
+    """A certificate client: the trust anchors of its ca_file (read when loading)."""
+    entry = ClientEntry(client_id, client.enabled, "certificate")
+    assert client.certificate is not None
+    try:
+        anchors = x509.load_pem_x509_certificates(client.certificate.ca_file.data)
+        entry.anchors = [_certificate_entry(describe_certificate(anchor), expiry)
+                         for anchor in anchors]
+    except ValueError:
+        entry.error = "certificate.ca_file: not a PEM bundle of certificates"
+    return entry
 
 
 async def collect_inventory(settings: Settings) -> list[ClientEntry]:
@@ -84,12 +139,16 @@ async def _describe(settings: Settings, client_id: str, session: Any) -> ClientE
 
 async def _describe_keys(settings: Settings, client_id: str, session: Any) -> ClientEntry:
     client = settings.clients[client_id]
+    expiry = _Expiry(time.time(), settings.effective_policy(client_id).certificate_expiry_warning)
+    if client.certificate is not None:
+        return _describe_anchors(client_id, client, expiry)
     if not client.has_own_keys:
         return ClientEntry(client_id, client.enabled, "federated")
     if client.jwks_uri is None:
         source, document = client.configured_jwks() or ("jwks", None)
         imported = import_jwks(document, join_path(join_path("clients", client_id), source))
-        entry = ClientEntry(client_id, client.enabled, source, keys=_entries(imported.keyset))
+        entry = ClientEntry(client_id, client.enabled, source,
+                            keys=_entries(imported.keyset, expiry))
         if imported.problems:  # messages name members, never their values
             entry.error = "; ".join(f"{path}: {message}" for path, message in imported.problems)
         return entry
@@ -102,8 +161,19 @@ async def _describe_keys(settings: Settings, client_id: str, session: Any) -> Cl
         return entry
     entry.fetched_at = _iso(started)
     entry.cache_expires_at = _iso(started + result.lifetime)
-    entry.keys = _entries(result.keyset) if result.keyset is not None else []
+    entry.keys = _entries(result.keyset, expiry) if result.keyset is not None else []
     return entry
+
+
+def _certificate_lines(title: str, certificate: CertificateEntry) -> list[str]:
+    indent = " " * (len(title) - len(title.lstrip()) + 2)
+    lines = [f"{title}: subject={certificate.subject} issuer={certificate.issuer} "
+             f"serial={certificate.serial}",
+             f"{indent}notBefore={certificate.not_before} notAfter={certificate.not_after} "
+             f"days_left={certificate.days_left}"]
+    if certificate.warning is not None:
+        lines.append(f"{indent}warning: certificate {certificate.warning}")
+    return lines
 
 
 def render_inventory(entries: list[ClientEntry], *, as_json: bool) -> str:
@@ -121,6 +191,10 @@ def render_inventory(entries: list[ClientEntry], *, as_json: bool) -> str:
         for key in entry.keys:
             lines.append(f"  kid={key.kid or '-'} kty={key.kty} alg={','.join(key.algorithms)}"
                          f" thumbprint={key.thumbprint}")
+            if key.certificate is not None:
+                lines += _certificate_lines("    certificate", key.certificate)
+        for anchor in entry.anchors:
+            lines += _certificate_lines("  ca anchor", anchor)
         for trust in entry.trusts:
             subject = (f"subject={trust.subject}" if trust.subject is not None
                        else f"subject_pattern={trust.subject_pattern}")

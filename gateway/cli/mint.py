@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import math
+import re
 import secrets
 import time
 from typing import Any
 
 from joserfc import jwk
 
+from gateway.config.types import MAX_LIFETIME_LIMIT, parse_duration
 from gateway.core.assertion import ASSERTION_TYP
 from gateway.core.keyset import JWS_ALGORITHMS, MIN_RSA_BITS, key_algorithms
 
 DEFAULT_RSA_BITS = 3072
 DEFAULT_LIFETIME = 60.0
+_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 # alg -> (kty, crv); crv None for RSA.
 _KEY_SHAPES: dict[str, tuple[str, str | None]] = {
@@ -45,9 +49,31 @@ def generate_key(
         key = jwk.ECKey.generate_key(crv)
     else:
         key = jwk.OKPKey.generate_key(crv)  # type: ignore[arg-type]
+    return key.as_pem(private=True).decode("ascii"), public_jwk(key, alg, kid)
+
+
+def public_jwk(key: Any, alg: str, kid: str | None) -> dict[str, Any]:
+    """The public JWK of a joserfc key, as ``generate_key`` gives it: ``kid`` (the RFC 7638
+    thumbprint when None), ``alg`` and ``use: sig``; never a private member."""
     public = dict(key.as_dict(private=False))
     public.update(kid=kid if kid is not None else key.thumbprint(), alg=alg, use="sig")
-    return key.as_pem(private=True).decode("ascii"), public
+    return public
+
+
+def parse_lifetime(text: str) -> float:
+    """``mint --lifetime``: a duration as in the config ("60s", "5m") or plain seconds, from
+    one second to the longest max_lifetime a configuration allows.
+
+    Raises argparse.ArgumentTypeError (argparse prints it and exits 2).
+    """
+    try:
+        value = float(text) if _PLAIN_SECONDS.fullmatch(text) else parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}, or plain seconds") from None
+    if not 1 <= value <= MAX_LIFETIME_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be between 1s and {MAX_LIFETIME_LIMIT:g}s")
+    return value
 
 
 def load_private_key(pem: str | bytes, alg: str) -> Any:

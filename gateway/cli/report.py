@@ -1,23 +1,37 @@
-"""``pkjwt-gateway report``: which clients still authenticate with shared secrets."""
+"""``pkjwt-gateway report``: which clients still authenticate, or try to, with shared secrets."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import urllib.parse
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import get_args
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.settings import Settings
+from gateway.core.legacy import SecretMethod
 
 AUTH_METRIC = "pkjwt_client_auth_total"
 KEY_METHOD = "private_key_jwt"
 # Methods that are no shared secret: the client's own keys, or a platform's token.
 KEY_METHODS = frozenset({KEY_METHOD, "federated", "certificate"})
+SECRET_METHODS: tuple[str, ...] = get_args(SecretMethod)
 FETCH_TIMEOUT = 10.0
+# What the report counts: every accepted request, and refused ones that tried a secret
+# (secret_not_allowed, legacy_auth_expired: a configured client still sending its secret).
+COUNTED = (f'{AUTH_METRIC}{{result="accepted"}}',
+           f'{AUTH_METRIC}{{result="rejected", method=~"{"|".join(SECRET_METHODS)}"}}')
+# A Prometheus duration: 30d, 12h, 1h30m.
+WINDOW = re.compile(r"(?:[0-9]+(?:ms|[smhdwy]))+")
+
+# (client, method, result) -> requests
+Counts = dict[tuple[str, str, str], float]
 
 
 @dataclass
@@ -28,6 +42,7 @@ class ClientUsage:
     days_left: int | None
     secret_requests: dict[str, float]  # accepted requests per shared-secret method
     key_requests: float
+    refused_secret_requests: dict[str, float]  # refused secret attempts per method
 
 
 def _fetch(url: str) -> str:
@@ -36,47 +51,89 @@ def _fetch(url: str) -> str:
         return str(answer.read().decode("utf-8"))
 
 
-def counts_from_metrics(text: str) -> dict[tuple[str, str], float]:
-    """Accepted requests by (client, method) in a /metrics exposition (since its start)."""
-    counts: dict[tuple[str, str], float] = defaultdict(float)
+def parse_window(text: str) -> str:
+    """``text`` if it is a Prometheus duration (``30d``, ``12h``); argparse's error otherwise."""
+    if not WINDOW.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30d, 12h or 90m")
+    return text
+
+
+def counts_from_metrics(text: str) -> Counts:
+    """Requests by (client, method, result) in a /metrics exposition (since its start): all
+    accepted ones, and refused ones that tried a shared secret."""
+    counts: Counts = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if sample.name == AUTH_METRIC and labels.get("result") == "accepted":
-                counts[(labels.get("client", ""), labels.get("method", KEY_METHOD))] += sample.value
+            result, method = labels.get("result", ""), labels.get("method", KEY_METHOD)
+            tried = result == "rejected" and method in SECRET_METHODS
+            if sample.name == AUTH_METRIC and (result == "accepted" or tried):
+                counts[(labels.get("client", ""), method, result)] += sample.value
     return counts
 
 
-def counts_from_prometheus(base: str, window: str) -> dict[tuple[str, str], float]:
-    """Accepted requests by (client, method) over ``window``, summed over every instance.
+def window_count_query(selector: str, window: str) -> str:
+    """PromQL: how many times the counters of ``selector`` went up during ``window``, summed
+    by (client, method, result).
+
+    ``increase()`` alone misses a series born inside the window (a process that counted its
+    first requests before its first scrape shows up at 2: no increase) and extrapolates. A
+    series that only rose counts exactly: its last value minus its value at the window's
+    start, 0 when it had none. One that went down (a restart) falls back to ``increase()``,
+    plus its first value when it was born in the window.
+    """
+    rng = f"{selector}[{window}]"
+    start = f"{selector} offset {window}"
+    last = f"last_over_time({rng})"
+    restarted = f"(resets({rng}) > 0 or min_over_time({rng}) < {start})"
+    steady = f"({last} - {start} or {last} unless {start}) unless {restarted}"
+    restarted_counts = (f"increase({rng}) + (min_over_time({rng}) unless {start})"
+                        f" or increase({rng})")
+    return f"sum by (client, method, result) ({steady} or {restarted_counts})"
+
+
+def counts_from_prometheus(base: str, window: str) -> Counts:
+    """Requests by (client, method, result) over ``window``, summed over every instance.
 
     Raises OSError when Prometheus cannot be reached, ValueError for an answer it refused.
     """
-    query = (f'sum by (client, method) (increase({AUTH_METRIC}{{result="accepted"}}'
-             f"[{window}]))")
-    url = f"{base.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-    answer = json.loads(_fetch(url))
-    if answer.get("status") != "success":
-        raise ValueError(f"Prometheus refused the query: {answer.get('error', 'no reason')}")
-    return {(row["metric"].get("client", ""), row["metric"].get("method", KEY_METHOD)):
-            float(row["value"][1]) for row in answer["data"]["result"]}
+    counts: Counts = {}
+    for selector in COUNTED:
+        query = window_count_query(selector, window)
+        url = f"{base.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        answer = json.loads(_fetch(url))
+        if answer.get("status") != "success":
+            raise ValueError(f"Prometheus refused the query: {answer.get('error', 'no reason')}")
+        for row in answer["data"]["result"]:
+            labels = row["metric"]
+            counts[(labels.get("client", ""), labels.get("method", KEY_METHOD),
+                    labels.get("result", ""))] = float(row["value"][1])
+    return counts
 
 
-def usage_report(settings: Settings, counts: dict[tuple[str, str], float]) -> list[ClientUsage]:
-    """One row per client allowed a secret, or seen authenticating with one."""
+def _secret_counts(counts: Counts, client_id: str, result: str) -> dict[str, float]:
+    # Accepted: anything but a key; refused: only secrets (a refused assertion is no secret).
+    return {method: value for (cid, method, res), value in counts.items()
+            if cid == client_id and res == result and value > 0 and (
+                method in SECRET_METHODS if result == "rejected" else method not in KEY_METHODS)}
+
+
+def usage_report(settings: Settings, counts: Counts) -> list[ClientUsage]:
+    """One row per client allowed a secret, or seen authenticating or trying with one."""
     today = datetime.now(UTC).date()
     rows = []
     for client_id, client in settings.clients.items():
         legacy = client.legacy_auth
-        secret = {method: value for (cid, method), value in counts.items()
-                  if cid == client_id and method not in KEY_METHODS and value > 0}
-        if legacy is None and not secret:
+        secret = _secret_counts(counts, client_id, "accepted")
+        refused = _secret_counts(counts, client_id, "rejected")
+        if legacy is None and not secret and not refused:
             continue
         until = legacy.until if legacy else None
         days_left = (until - today).days if until is not None else None
+        keys = sum(counts.get((client_id, m, "accepted"), 0.0) for m in KEY_METHODS)
         rows.append(ClientUsage(client_id, list(legacy.allow) if legacy else [],
                                 until.isoformat() if until else None, days_left, secret,
-                                sum(counts.get((client_id, m), 0.0) for m in KEY_METHODS)))
+                                keys, refused))
     return rows
 
 
@@ -85,15 +142,18 @@ def render_report(rows: list[ClientUsage], *, as_json: bool) -> str:
     if as_json:
         return json.dumps([row.__dict__ for row in rows], indent=2)
     if not rows:
-        return "no client is allowed or seen using a shared secret"
+        return "no client is allowed, seen using or seen trying a shared secret"
     lines = []
     for row in rows:
         deadline = (f"until {row.until} ({row.days_left} day(s) left)" if row.until
                     else "no end date")
         used = ", ".join(f"{method} {value:g}" for method, value in sorted(
             row.secret_requests.items())) or "no secret requests"
+        refused = ", ".join(f"{method} {value:g}" for method, value in sorted(
+            row.refused_secret_requests.items()))
+        tried = f"; refused {refused}" if refused else ""
         lines.append(f"{row.client}: allowed {', '.join(row.allowed) or 'none'}, {deadline}; "
-                     f"{used}; private_key_jwt {row.key_requests:g}")
+                     f"{used}{tried}; private_key_jwt {row.key_requests:g}")
     return "\n".join(lines)
 
 

@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import TextIO
 
 from aiohttp import web
 
-from gateway.cli.supervisor import supervise
+from gateway.adapters.audit import AuditFile, AuditSink
+from gateway.cli.logs import configure_logging
+from gateway.cli.supervisor import HELD_SIGNALS, supervise
 from gateway.config.errors import ConfigError
 from gateway.config.loading import load_settings
 from gateway.config.settings import Settings
@@ -33,17 +35,51 @@ def memory_store_problem(settings: Settings, workers: int) -> list[tuple[str, st
     return []
 
 
-def serve(path: Path, workers: int, *, worker: bool = False) -> int:
-    """Run the gateway until SIGTERM/SIGINT; exit 0 after a clean drain, 2 on bad settings."""
+def audit_output_problem(settings: Settings) -> list[tuple[str, str]]:
+    """Whether ``audit.output`` can be appended to, found without creating or changing it."""
+    output = settings.audit.output
+    if output in ("stdout", "off"):
+        return []
+    try:
+        problem = _unwritable(Path(output))
+    except OSError as exc:
+        problem = (exc.strerror or str(exc)).lower()
+    return [("audit.output", f"cannot append to {output}: {problem}")] if problem else []
+
+
+def _unwritable(path: Path) -> str | None:
+    if path.is_dir():
+        return "it is a directory"
+    if path.is_file():
+        # Opening for appending changes nothing; unlike access(2) it also fails for root
+        # on a read-only filesystem.
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+        return None
+    if path.exists():  # a device or a pipe: opening it might block or have effects
+        return None if os.access(path, os.W_OK) else "it is not writable"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"the directory {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"no file can be created in {parent}"
+    return None
+
+
+def serve(path: Path, workers: int, *, worker: int | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT; exit 0 after a clean drain, 2 on bad settings.
+
+    ``worker`` is this process's slot under ``serve --workers N`` (None otherwise).
+    """
     try:
         settings = load_settings(path)
-        problems = memory_store_problem(settings, workers)
+        configure_logging(settings.log, worker=worker)
+        problems = memory_store_problem(settings, workers) + audit_output_problem(settings)
         if problems:
             raise ConfigError(problems)
-        if workers > 1 and not worker:
+        if workers > 1 and worker is None:
             return supervise(path, workers, settings.listen.shutdown_grace)
         audit = open_audit_sink(settings)
-        gateway = create_gateway(settings, config_path=path, supervised=worker,
+        gateway = create_gateway(settings, config_path=path, worker=worker,
                                  audit_stream=audit)
     except ConfigError as exc:
         for where, message in exc.problems:
@@ -52,26 +88,29 @@ def serve(path: Path, workers: int, *, worker: bool = False) -> int:
     except (ValueError, OSError) as exc:
         log.error("config: %s", exc)
         return EXIT_ERRORS
+    reuse_port = worker is not None
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional off Linux
-        return asyncio.run(_serve(gateway, settings, reuse_port=worker))
-    return uvloop.run(_serve(gateway, settings, reuse_port=worker))
+        return asyncio.run(_serve(gateway, settings, reuse_port=reuse_port))
+    return uvloop.run(_serve(gateway, settings, reuse_port=reuse_port))
 
 
-def open_audit_sink(settings: Settings) -> TextIO | None:
-    """Where audit lines go: stdout, nowhere, or a file opened for appending.
+def open_audit_sink(settings: Settings) -> AuditSink | None:
+    """Where audit lines go: stdout, nowhere, or a file appended to (reopened on rotation).
 
-    Raises OSError when the file cannot be opened.
+    Raises ConfigError naming ``audit.output`` when the file cannot be opened.
     """
     output = settings.audit.output
     if output == "off":
         return None
     if output == "stdout":
         return sys.stdout
-    # O_APPEND: several worker processes can share one file; each flush is one write.
-    # The file lives as long as the process.
-    return open(output, "a", encoding="utf-8")
+    try:
+        return AuditFile(output)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ConfigError([("audit.output", f"cannot append to {output}: {reason}")]) from exc
 
 
 async def _reload(gateway: Gateway) -> None:
@@ -99,6 +138,8 @@ async def _serve(gateway: Gateway, settings: Settings, *, reuse_port: bool) -> i
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    # SIGUSR1: only reopen audit.output (after log rotation), without a reload.
+    loop.add_signal_handler(signal.SIGUSR1, gateway.reopen_audit)
     try:
         for runner in (public, admin):
             await runner.setup()
@@ -110,6 +151,9 @@ async def _serve(gateway: Gateway, settings: Settings, *, reuse_port: bool) -> i
                           reuse_port=reuse_port or None).start()
         log.info("listening on %s:%d (admin %s:%d)", settings.listen.host, settings.listen.port,
                  settings.admin.host, settings.admin.port)
+        # A worker starts with these held by the supervisor: one relayed while it was
+        # starting is delivered now, to its handler, once starting is over.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         # Everything loaded so far (settings, keys, libraries) lives as long as the process:
         # keep it out of the collector's full passes.
         gc.freeze()

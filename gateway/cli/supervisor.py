@@ -1,4 +1,9 @@
-"""`serve --workers N`: N worker processes on one port, crashed ones restarted, signals relayed."""
+"""`serve --workers N`: N worker processes on one port, crashed ones restarted, signals relayed.
+
+Each worker is started with its slot number (``--worker 0`` .. ``N-1``, kept across
+restarts): its log lines carry it, and worker 0 alone counts the reloads that every
+worker performs, so that one reload is counted once.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ MAX_RESTART_DELAY = 30.0
 HEALTHY_RUN = 60.0
 # Beyond the workers' own grace period: time to close pools and exit.
 EXIT_MARGIN = 5.0
+# Relayed to every worker: SIGHUP reloads (and reopens audit.output), SIGUSR1 only reopens.
+# A worker is started with them blocked and unblocks them once its handlers are installed:
+# relayed to a worker still starting, they would otherwise end it.
+HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1})
 
 
 class Supervisor:
@@ -32,11 +41,12 @@ class Supervisor:
 
     def __init__(self, config: Path, workers: int, grace: float) -> None:
         self.command = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-                        "--workers", str(workers), "--worker"]
+                        "--workers", str(workers), "--worker"]  # then the slot number
         self.workers = workers
         self.grace = grace
         self.stopping = asyncio.Event()
         self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self._starting = asyncio.Lock()
         self.failed = False
 
     async def run(self) -> int:
@@ -49,7 +59,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self._relay, signal.SIGHUP)
+        for relayed in HELD_SIGNALS:
+            loop.add_signal_handler(relayed, self._relay, relayed)
         tasks = [asyncio.create_task(self._keep(slot)) for slot in range(self.workers)]
         await self.stopping.wait()
         log.info("stopping %d worker(s)", len(self.processes))
@@ -64,6 +75,18 @@ class Supervisor:
             await asyncio.gather(*tasks, return_exceptions=True)
         return 1 if self.failed else 0
 
+    async def _start(self, slot: int) -> asyncio.subprocess.Process:
+        # The child inherits this thread's signal mask across exec. One start at a time, so
+        # that one start's unblocking cannot fall inside another's. A signal that arrives
+        # meanwhile waits, and is relayed once unblocked.
+        async with self._starting:
+            signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+            try:
+                return await asyncio.create_subprocess_exec(*self.command, str(slot),
+                                                            env=self.env)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+
     def _relay(self, signum: int) -> None:
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
@@ -74,7 +97,7 @@ class Supervisor:
         delay = RESTART_DELAY
         while not self.stopping.is_set():
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(*self.command, env=self.env)
+            process = await self._start(slot)
             self.processes[slot] = process
             log.info("worker %d started (pid %d)", slot, process.pid)
             code = await process.wait()

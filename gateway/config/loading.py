@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from gateway.config.errors import ConfigError
 from gateway.config.federation_rules import federation_problems
 from gateway.config.files import (
     FILES,
+    UNRESOLVED_SECRETS,
     FileContents,
     named_files,
     read_files,
@@ -25,13 +27,22 @@ from gateway.config.yaml_dialect import client_entries, join_path, parse_yaml
 
 Problems = list[tuple[str, str]]
 
+# Where a secret may come from `!env`: left unresolved when loading without secrets.
+_SECRET_PATHS = re.compile(r"clients\..+\.backend_auth\.secret|replay\.redis_(password|url)")
 
-def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+
+def load_settings(
+    path: str | Path, env: Mapping[str, str] | None = None, *, resolve_secrets: bool = True
+) -> Settings:
     """Read a config file and the files it names, then validate; raises ConfigError.
 
     Relative `jwks_file`, `secret_file`, `redis_password_file` and `ca_file` paths resolve
     against the file's directory; `!env NAME` reads `env` (default: os.environ). A file
-    that cannot be read is a problem at its setting's path.
+    that cannot be read is a problem at its setting's path. Without ``resolve_secrets``
+    the secrets are only referenced: `!env` at `backend_auth.secret`,
+    `replay.redis_password` and `replay.redis_url` is not looked up, `secret_file` and
+    `redis_password_file` are not read, and each such setting holds a placeholder (for
+    commands that never use a secret, and for checking a config without them).
     """
     path = Path(path)
     try:
@@ -40,9 +51,10 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         raise ConfigError([("", f"cannot read {path}: {exc}")]) from exc
     environ = os.environ if env is None else env
     base_dir = path.resolve().parent
-    data, problems = _parse_data(text, base_dir, environ)
-    files = read_files(named_files(data)) if isinstance(data, dict) else {}
-    return _validate(data, problems, files)
+    data, problems = _parse_data(text, base_dir, environ, secrets=resolve_secrets)
+    files = (read_files(named_files(data, secrets=resolve_secrets))
+             if isinstance(data, dict) else {})
+    return _validate(data, problems, files, secrets=resolve_secrets)
 
 
 def parse_settings(
@@ -57,20 +69,27 @@ def parse_settings(
     return _validate(data, problems, files or {})
 
 
-def _parse_data(text: str, base_dir: Path, env: Mapping[str, str]) -> tuple[object, Problems]:
-    data, problems = parse_yaml(text, env)
+def _parse_data(text: str, base_dir: Path, env: Mapping[str, str], *,
+                secrets: bool = True) -> tuple[object, Problems]:
+    data, problems = parse_yaml(text, env, unresolved=None if secrets else _is_secret_path)
     if isinstance(data, dict):
         resolve_file_paths(data, base_dir)
     return data, problems
 
 
-def _validate(data: object, problems: Problems, files: FileContents) -> Settings:
+def _is_secret_path(path: str) -> bool:
+    return _SECRET_PATHS.fullmatch(path) is not None
+
+
+def _validate(data: object, problems: Problems, files: FileContents, *,
+              secrets: bool = True) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(problems)
     later = _document_problems(data)
     settings: Settings | None = None
+    context = {FROM_FILE: True, FILES: files, UNRESOLVED_SECRETS: not secrets}
     try:
-        settings = Settings.model_validate(data, context={FROM_FILE: True, FILES: files})
+        settings = Settings.model_validate(data, context=context)
     except ValidationError as exc:
         later = _problems_from(exc) + later
     else:

@@ -9,16 +9,19 @@ from urllib.parse import urlsplit
 from pydantic import (
     Field,
     StrictStr,
+    field_validator,
     model_validator,
 )
 
 from gateway.config.base import Frozen
+from gateway.config.certificate import CertificateSettings
 from gateway.config.federation import FederatedTrusts, FederationSettings
 from gateway.config.files import (
     JwksFileSetting,
     ReadableFile,
     SecretFileSetting,
 )
+from gateway.config.schema import describe_schema
 
 # Part of this module's public API; defined beside the types that use them.
 from gateway.config.types import (
@@ -35,6 +38,7 @@ from gateway.config.types import (
     HostPorts,
     HttpUrl,
     Lifetime,
+    Networks,
     Paths,
     Port,
     RedisUrl,
@@ -46,6 +50,7 @@ DEFAULT_ALGORITHMS = ("PS256", "ES256", "EdDSA", "RS256")
 DEFAULT_MAX_LIFETIME = 300.0
 DEFAULT_CLOCK_SKEW = 15.0
 DEFAULT_BACKEND_TIMEOUT = 10.0
+DEFAULT_BACKEND_KEEPALIVE = 4.0
 DEFAULT_MEMORY_MAX_ENTRIES = 1_000_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -64,6 +69,9 @@ class ListenSettings(Frozen):
     # On SIGTERM: stop accepting, then give requests in flight this long to finish.
     shutdown_grace: Duration = duration_field("15s", gt=0)
     tls: TlsSettings | None = None  # serve https directly
+    # Proxies in front (addresses or CIDR networks): from them, the client's address and
+    # scheme are read from X-Forwarded-For and X-Forwarded-Proto.
+    trusted_proxies: Networks = ()
 
 
 class AdminSettings(Frozen):
@@ -74,6 +82,10 @@ class AdminSettings(Frozen):
 class BackendSettings(Frozen):
     url: HttpUrl
     timeout: Duration = duration_field("10s", gt=0)
+    # How long an idle connection to the backend is kept for reuse; 0: a new one per request.
+    # Keep it below the backend's own idle timeout (Node 5 s, gunicorn 2 s): a POST is never
+    # retried, so one sent just as the backend hangs up fails with 502.
+    keepalive: Duration = duration_field("4s", ge=0)
 
 
 class PolicySettings(Frozen):
@@ -82,6 +94,10 @@ class PolicySettings(Frozen):
     clock_skew: ClockSkew = duration_field("15s")
     audience: Audience = "strict"
     require_typ: bool = False
+    # A certificate (x5c leaf) expiring within this is warned about by check and keys.
+    certificate_expiry_warning: Duration = duration_field("14d", ge=0)
+    # true: a registered key whose x5c leaf has expired (plus clock_skew) stops verifying.
+    refuse_expired_certificates: bool = False
 
 
 class JwksFetchSettings(Frozen):
@@ -161,9 +177,27 @@ class LimitSettings(Frozen):
     max_tracked: int = Field(default=100_000, ge=100)  # keys each failure limiter holds
 
 
+# The operational log's own stream: audit lines there would interleave with it.
+OPERATIONAL_LOG_STREAMS = frozenset({"/dev/stderr", "/dev/fd/2", "/proc/self/fd/2"})
+
+
 class AuditSettings(Frozen):
     # "stdout", "off", or a file path (appended to; relative to the config file).
     output: StrictStr = "stdout"
+
+    @field_validator("output")
+    @classmethod
+    def _not_the_log_stream(cls, output: str) -> str:
+        if output in OPERATIONAL_LOG_STREAMS:
+            raise ValueError(f"{output} is where the operational log goes; use stdout, off "
+                             "or a file")
+        return output
+
+
+class LogSettings(Frozen):
+    # The operational log (stderr): plain text or one JSON object per line, times in UTC.
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class BackendAuthSettings(Frozen):
@@ -195,6 +229,14 @@ class LegacyAuthSettings(Frozen):
     allow: Annotated[tuple[Literal["client_secret_basic", "client_secret_post"], ...],
                      Field(strict=False, min_length=1)]
     until: date | None = None  # last day allowed (UTC); from the next day it is refused
+    # When the secret became deprecated (00:00 UTC): the Deprecation header's date.
+    since: date | None = None
+
+    @model_validator(mode="after")
+    def _since_before_until(self) -> LegacyAuthSettings:
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ValueError(f"since ({self.since}) is after until ({self.until})")
+        return self
 
 
 class ClientSettings(Frozen):
@@ -207,19 +249,26 @@ class ClientSettings(Frozen):
     clock_skew: ClockSkew | None = None
     audience: Audience | None = None
     require_typ: bool | None = None
+    certificate_expiry_warning: Annotated[Duration, Field(ge=0)] | None = None
+    refuse_expired_certificates: bool | None = None
     enabled: bool = True
     # Accept the byte-identical assertion again until it expires (MSAL re-sends one).
     allow_assertion_reuse: bool = False
     legacy_auth: LegacyAuthSettings | None = None
     # Platform identities (federation.issuers) this client accepts as its assertion.
     federated: FederatedTrusts = ()
+    # A certificate a configured CA issued, sent in each assertion's x5c (instead of jwks*).
+    certificate: CertificateSettings | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSettings:
         given = [n for n in ("jwks", "jwks_file", "jwks_uri") if getattr(self, n) is not None]
-        if len(given) > 1 or (not given and not self.federated):
-            raise ValueError(f"needs exactly one of jwks, jwks_file, jwks_uri (has {len(given)}), "
-                             "and/or federated trusts")
+        if given and self.certificate is not None:
+            raise ValueError("certificate and jwks, jwks_file, jwks_uri exclude each other: "
+                             "a client has registered keys or a CA, not both")
+        if len(given) > 1 or (not given and self.certificate is None and not self.federated):
+            raise ValueError("needs a certificate, or exactly one of jwks, jwks_file, jwks_uri "
+                             f"(has {len(given)}), and/or federated trusts")
         return self
 
     @property
@@ -251,6 +300,7 @@ class Settings(Frozen):
     jwks_fetch: JwksFetchSettings = Field(default_factory=JwksFetchSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     federation: FederationSettings = Field(default_factory=FederationSettings)
     clients: Annotated[dict[ClientId, ClientSettings], Field(min_length=1)]
@@ -274,6 +324,7 @@ class Settings(Frozen):
 
 
 def settings_json_schema() -> dict[str, Any]:
-    """The config file's JSON Schema (for editors and CI)."""
+    """The config file's JSON Schema (for editors and CI), every key described."""
     schema = Settings.model_json_schema(mode="validation")
+    describe_schema(schema)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -30,6 +30,18 @@ class EnvStr(str):
     __slots__ = ()
 
 
+class EnvReference(EnvStr):
+    """An `!env NAME` left unresolved (a secret, when loading without secrets): the value
+    is a placeholder, never read from the environment."""
+
+    name: str
+
+    def __new__(cls, name: str) -> EnvReference:
+        reference = super().__new__(cls, f"!env {name}")
+        reference.name = name
+        return reference
+
+
 def join_path(parent: str, key: object) -> str:
     """The dotted path of `key` under `parent`; list indices render as `[i]`."""
     if isinstance(key, int) and not isinstance(key, bool):
@@ -40,11 +52,15 @@ def join_path(parent: str, key: object) -> str:
     return f"{parent}.{text}" if parent else text
 
 
-def parse_yaml(text: str, env: Mapping[str, str]) -> tuple[object, Problems]:
+def parse_yaml(
+    text: str, env: Mapping[str, str], *, unresolved: Callable[[str], bool] | None = None
+) -> tuple[object, Problems]:
     """Parse one YAML document into plain dicts, lists and scalars.
 
     Never raises for bad input: returns the data it could build (None when the
     text is not YAML at all) and every problem found, each as (dotted path, message).
+    An `!env NAME` at a dotted path for which ``unresolved`` is true is not looked up:
+    it becomes an EnvReference, set or not.
     """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -52,7 +68,7 @@ def parse_yaml(text: str, env: Mapping[str, str]) -> tuple[object, Problems]:
         return None, [("", f"not valid YAML: {_describe_yaml_error(exc)}")]
     if node is None:
         return None, [("", "the file is empty; it must be a mapping of settings")]
-    converter = _Converter(env)
+    converter = _Converter(env, unresolved)
     data = converter.convert(node, "")
     if not isinstance(data, dict):
         converter.problems.append(("", "the top level must be a mapping of settings"))
@@ -73,8 +89,10 @@ def _where(node: yaml.Node) -> str:
 class _Converter:
     """Turns a composed node graph into data, tracking the dotted path of every node."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str],
+                 unresolved: Callable[[str], bool] | None = None) -> None:
         self.env = env
+        self.unresolved = unresolved
         self.problems: Problems = []
         self._scalars = yaml.SafeLoader("")  # only its scalar constructors are used
         self._active: set[int] = set()
@@ -140,6 +158,8 @@ class _Converter:
         if not name:
             self.problems.append((path, "!env needs a variable name, e.g. !env CLIENT_SECRET"))
             return EnvStr()
+        if self.unresolved is not None and self.unresolved(path):
+            return EnvReference(name)
         value = self.env.get(name)
         if value is None:
             self.problems.append((path, f"environment variable {name} is not set"))

@@ -60,3 +60,11 @@ class Attempt:
     subject: str | None = None
     trust: str | None = None
     decisions: tuple[FederationDecision, ...] = ()
+    # CA-anchored clients: the notAfter (epoch seconds) of the leaf that verified, for the
+    # client's certificate expiry gauge.
+    certificate_not_after: float | None = None
+    # CA-anchored clients, once the x5c chain validated: the leaf's subject (RFC 4514),
+    # serial (upper-case hex) and x5t#S256 certificate thumbprint, for the audit line.
+    certificate_subject: str | None = None
+    certificate_serial: str | None = None
+    certificate_thumbprint: str | None = None

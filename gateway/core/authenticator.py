@@ -118,7 +118,8 @@ class Authenticator:
 
         Raises GatewayError (InvalidRequest, InvalidClient, TooManyRequests,
         TemporarilyUnavailable) with ``attempt`` set; every InvalidClient spends a token of
-        the address's and, once known, the client's failure brake.
+        the address's and, once known, the client's failure brake (a refused shared secret,
+        which no check here could have verified, only the address's).
         """
         attempt = Attempt()
         try:
@@ -135,7 +136,10 @@ class Authenticator:
             if isinstance(error, InvalidClient):  # failed authentications slow down
                 now = self.clock.monotonic()
                 self.brakes.per_address.failed(request.remote, now)
-                if attempt.client is not None:
+                # A refused secret guessed nothing of the client's keys: braking the client
+                # would also stop the key requests of a half-migrated one.
+                secret = isinstance(error, UnsupportedAuthMethod)
+                if attempt.client is not None and not secret:
                     self.brakes.per_client.failed(attempt.client, now)
             raise
 
@@ -266,18 +270,23 @@ class Authenticator:
         refusal: UnsupportedAuthMethod,
     ) -> Approval:
         """Migration mode: a shared secret from a client still allowed one goes through as it
-        came (the backend checks the secret, nothing here verifies it); anyone else gets
-        ``refusal``."""
+        came (the backend checks the secret, nothing here verifies it). A configured client
+        not allowed that method is refused as ``secret_not_allowed`` under its own id (a
+        bounded label, so the report can name it); anyone else gets ``refusal``."""
         try:
             claim = identify_secret_client(request.body, request.authorization)
         except GatewayError:
             raise refusal from None  # unreadable secret credentials: refused as before
         attempt.method = claim.method
         client = clients.get(claim.client_id)
-        legacy = client.legacy if client is not None else None
-        if client is None or legacy is None or claim.method not in legacy.methods:
+        if client is None:
             raise refusal
         attempt.client = client.client_id
+        legacy = client.legacy
+        if legacy is None or claim.method not in legacy.methods:
+            # The same public answer as ``refusal``: the class decides it.
+            raise UnsupportedAuthMethod(Reason.SECRET_NOT_ALLOWED,
+                                        f"{claim.method} without migration mode for it")
         if legacy.deadline is not None and self.clock.time() >= legacy.deadline:
             raise InvalidClient(Reason.LEGACY_AUTH_EXPIRED, f"{claim.method} after its sunset")
         return Approval(client=client, attempt=attempt, form=None, legacy=legacy)

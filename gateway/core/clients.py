@@ -22,8 +22,8 @@ class LegacyPolicy:
     methods: frozenset[str]
     deadline: float | None  # the first moment refused: the day after `until`, 00:00 UTC
     sunset: str | None  # that moment as an HTTP-date, for the Sunset header (RFC 8594)
-    # RFC 9745 Deprecation date: deprecated as of the configuration that allowed it.
-    deprecation: str = ""
+    # RFC 9745 Deprecation date (`@<epoch>` of legacy_auth.since); None: no header.
+    deprecation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from gateway.core.subject_pattern import SubjectPattern
 FEDERATED = "federated"  # the audit's and the metrics' method word
 SPIFFE_PREFIX = "spiffe://"
 # typ values a platform token may carry (lower-cased): none, JWT, or JOSE (JWT-SVID).
-_FEDERATED_TYPS = frozenset({"jwt", "application/jwt", "jose", "application/jose"})
+FEDERATED_TYPS = frozenset({"jwt", "application/jwt", "jose", "application/jose"})
 # Reasons a trust gives when its subject matched: they say more than subject_mismatch.
 _SUBJECT_MATCHED = frozenset({Reason.BAD_AUDIENCE, Reason.CLAIM_MISMATCH,
                               Reason.LIFETIME_TOO_LONG, Reason.MISSING_JTI, Reason.BAD_JTI})
@@ -184,7 +184,7 @@ class IssuerTrusts:
                 raise InvalidClient(Reason.FORBIDDEN_HEADER, "x5c on a federated token")
             check_algorithm(alg, self.issuer.algorithms)
             typ = header.get("typ")
-            if typ is not None and typ.lower() not in _FEDERATED_TYPS:
+            if typ is not None and typ.lower() not in FEDERATED_TYPS:
                 raise InvalidClient(Reason.BAD_TYP, repr(typ)[:80])
             key = verify_signature(parsed, alg, select_keys(header, keys, alg))
             exp, iat = check_times(claims, self.clock_skew, now, require_iat=True)

@@ -34,6 +34,7 @@ class Reason(StrEnum):
     # Client authentication (401).
     NO_CLIENT_AUTH = "no_client_auth"
     UNSUPPORTED_AUTH_METHOD = "unsupported_auth_method"
+    SECRET_NOT_ALLOWED = "secret_not_allowed"  # a configured client, a secret method not allowed
     UNKNOWN_CLIENT = "unknown_client"
     LEGACY_AUTH_EXPIRED = "legacy_auth_expired"
     MALFORMED = "malformed"
@@ -45,6 +46,11 @@ class Reason(StrEnum):
     NO_MATCHING_KEY = "no_matching_key"
     BAD_SIGNATURE = "bad_signature"
     CERTIFICATE_KEY_MISMATCH = "certificate_key_mismatch"
+    CERTIFICATE_EXPIRED = "certificate_expired"  # past its notAfter, plus the clock skew
+    # CA-anchored clients: the x5c chain, its revocation, the leaf's subject or SAN.
+    CERTIFICATE_UNTRUSTED = "certificate_untrusted"
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    CERTIFICATE_SUBJECT_MISMATCH = "certificate_subject_mismatch"
     BAD_ISSUER = "bad_issuer"
     BAD_SUBJECT = "bad_subject"
     BAD_AUDIENCE = "bad_audience"
@@ -75,6 +81,8 @@ class Reason(StrEnum):
     # The backend, after an accepted authentication (502, 504): the audit's backend_error.
     BACKEND_UNREACHABLE = "backend_unreachable"
     BACKEND_TIMEOUT = "backend_timeout"
+    # A discovery document on a passthrough path that cannot be rewritten (502; logged).
+    BAD_DISCOVERY_DOCUMENT = "bad_discovery_document"
     # Neither an endpoint nor a passthrough (404; logged, never audited).
     NO_ROUTE = "no_route"
     # Anything unexpected (500, logged with the request id).

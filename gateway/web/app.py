@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -27,13 +27,15 @@ from gateway.adapters.assemble import (
     close_sources,
     start_sources,
 )
-from gateway.adapters.audit import AuditLog
+from gateway.adapters.audit import AuditLog, AuditSink
+from gateway.adapters.certificate_expiry import registered_certificate_expiry
 from gateway.adapters.jwks_fetch import new_jwks_session
 from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
 from gateway.adapters.upstream import new_upstream
 from gateway.config.errors import ConfigError
 from gateway.config.loading import load_settings
 from gateway.config.settings import JwksFetchSettings, Settings
+from gateway.core.client_address import TrustedProxies
 from gateway.core.replay import ReplayLedger
 from gateway.web.handlers import PublicHandler
 from gateway.web.state import Guards, new_authenticator
@@ -42,7 +44,7 @@ from gateway.web.tls import load_certificate, new_server_context
 log = logging.getLogger("gateway")
 
 # Settings a running process cannot change: a reload applies the rest and says so.
-RESTART_ONLY = ("listen", "admin", "backend", "replay", "audit", "limits")
+RESTART_ONLY = ("listen", "admin", "backend", "replay", "audit", "log", "limits")
 
 
 class Gateway:
@@ -54,9 +56,9 @@ class Gateway:
         *,
         ledger: ReplayLedger | None = None,
         metrics: GatewayMetrics | None = None,
-        audit_stream: TextIO | None = sys.stdout,
+        audit_stream: AuditSink | None = sys.stdout,
         config_path: Path | None = None,
-        supervised: bool = False,
+        worker: int | None = None,
     ) -> None:
         """Build both listeners' handlers; resources are opened by start() and closed by stop().
 
@@ -70,7 +72,11 @@ class Gateway:
         self.ledger = ledger if ledger is not None else build_ledger(
             settings, on_reset=self.metrics.replay_ledger_resets.inc)
         self.config_path = config_path
-        self.supervised = supervised  # a worker of `serve --workers N`
+        self.worker = worker  # this process's slot under `serve --workers N`
+        self.supervised = worker is not None
+        # Every worker reloads on the supervisor's SIGHUP; one reload is counted once, by
+        # worker 0.
+        self.counts_reloads = worker in (None, 0)
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests finish
         # One context for the listener's life; a reload loads new files into it.
         tls = settings.listen.tls
@@ -81,7 +87,8 @@ class Gateway:
         guards = Guards(limits)
         self.metrics.in_flight_source = lambda: guards.in_flight
         self.handler = PublicHandler(self.slot, guards, new_authenticator(limits, self.ledger),
-                                     self.metrics, AuditLog(audit_stream))
+                                     self.metrics, AuditLog(audit_stream),
+                                     TrustedProxies(settings.listen.trusted_proxies))
         # The public listener's HTTP/1.1 server settings: request framing and limits.
         self.server_args: dict[str, Any] = {
             "auto_decompress": False, "max_line_size": limits.max_line_size,
@@ -125,6 +132,7 @@ class Gateway:
             session,
             on_fetch=metrics.count_fetch,
             on_keys=lambda client, count: metrics.jwks_keys.labels(client).set(count),
+            on_certificates=metrics.set_certificate_expiry,
         )
 
     async def _install(self, settings: Settings) -> None:
@@ -151,9 +159,11 @@ class Gateway:
                 await self._jwks[1].close()
             self._jwks = (fetch, session)
         # A client's own keys; an issuer's keys are counted under the issuer's name.
+        # A CA-anchored client's key comes with each assertion: it has no key set to count.
         own = {client_id: [source for credential in client.credentials
                            for source in credential.key_sources()]
-               for client_id, client in new.clients.items() if client.credentials}
+               for client_id, client in new.clients.items()
+               if any(credential.key_sources() for credential in client.credentials)}
         for client_id, sources in own.items():
             held = (source.current() for source in sources)
             count = sum(len(keys.keys) for keys in held if keys is not None)
@@ -161,6 +171,10 @@ class Gateway:
         for client_id in old.clients.keys() - own.keys():
             with contextlib.suppress(KeyError):  # a client without own keys has no series
                 self.metrics.jwks_keys.remove(client_id)
+        for client_id, not_after in registered_certificate_expiry(new).items():
+            self.metrics.set_certificate_expiry(client_id, not_after)
+        for client_id in self.metrics.certificate_clients() - new.clients.keys():
+            self.metrics.set_certificate_expiry(client_id, None)
 
     async def _close(self) -> None:
         await close_sources(self.slot.current)
@@ -168,12 +182,50 @@ class Gateway:
             await self._jwks[1].close()
             self._jwks = None
 
+    def reopen_audit(self) -> None:
+        """Reopen ``audit.output`` by its path (after log rotation): SIGUSR1 and every reload."""
+        try:
+            path = self.handler.audit.reopen()
+        except OSError as exc:
+            log.error("audit.output: cannot reopen %s (%s): lines keep going to the file "
+                      "already open", exc.filename, (exc.strerror or str(exc)).lower())
+            return
+        if path is not None:
+            log.info("audit.output: reopened %s", path)
+
+    def _count_reload(self, result: str) -> None:
+        if self.counts_reloads:
+            self.metrics.config_reloads.labels(result).inc()
+
+    async def check_reload(self) -> None:
+        """Check the config file as a reload would, without putting anything in force.
+
+        For a worker of several, before it asks the supervisor to reload them all. Raises
+        ConfigError listing every problem, and counts that refused reload.
+        """
+        def check(path: Path) -> None:
+            settings = load_settings(path)
+            build_runtime(settings)  # every key set imported; nothing fetched or started
+            if settings.listen.tls is not None:
+                new_server_context(settings.listen.tls)
+
+        try:
+            if self.config_path is None:
+                raise ConfigError([("", "no configuration file to reload")])
+            await asyncio.to_thread(check, self.config_path)
+        except ConfigError:
+            # No worker reloads after this refusal: this one counts it, whatever its slot.
+            self.metrics.config_reloads.labels("refused").inc()
+            raise
+
     async def reload(self, settings: Settings | None = None) -> None:
         """Put new settings in force for new requests (in-flight ones finish on the old).
 
-        Without ``settings``, re-reads the config file (and its jwks_files).
+        Without ``settings``, re-reads the config file (and its jwks_files). Reopens
+        ``audit.output`` first, whatever the outcome.
         Raises ConfigError listing every problem; the running configuration then stays.
         """
+        self.reopen_audit()
         async with self._reload_lock:
             try:
                 if settings is None:
@@ -185,9 +237,9 @@ class Gateway:
                     load_certificate(self.tls_context, settings.listen.tls)
                 await self._install(settings)
             except ConfigError:
-                self.metrics.config_reloads.labels("refused").inc()
+                self._count_reload("refused")
                 raise
-            self.metrics.config_reloads.labels("ok").inc()
+            self._count_reload("ok")
         ignored = [key for key in RESTART_ONLY if getattr(before, key) != getattr(settings, key)]
         if ignored:
             log.warning("reload: changes to %s take effect after a restart", ", ".join(ignored))
@@ -255,12 +307,14 @@ def create_admin_app(gateway: Gateway) -> web.Application:
                             content_type="application/json")
 
     async def reload(_: web.Request) -> web.Response:
-        if gateway.supervised:
-            # This connection reached one worker of several: the supervisor reloads them all.
-            os.kill(os.getppid(), signal.SIGHUP)
-            return web.json_response({"status": "requested", "detail": "every worker re-reads "
-                                      "the file; refused changes are logged"}, status=202)
         try:
+            if gateway.supervised:
+                # This connection reached one worker of several: it checks the file first,
+                # so a refusal is answered here; then the supervisor reloads them all.
+                await gateway.check_reload()
+                os.kill(os.getppid(), signal.SIGHUP)
+                return web.json_response({"status": "requested", "detail": "every worker "
+                                          "re-reads the file"}, status=202)
             await gateway.reload()
         except ConfigError as exc:
             for where, message in exc.problems:

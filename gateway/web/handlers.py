@@ -10,9 +10,20 @@ from aiohttp import HttpVersion11, web
 from gateway.adapters.assemble import Runtime, RuntimeSlot
 from gateway.adapters.audit import AuditLog, AuditRecord
 from gateway.adapters.metrics import UNKNOWN_CLIENT, GatewayMetrics
-from gateway.adapters.upstream import Upstream, forwarded_request_headers, skipped_request_headers
+from gateway.adapters.upstream import (
+    BACKEND_OUTAGES,
+    Upstream,
+    forwarded_request_headers,
+    skipped_request_headers,
+)
 from gateway.core.attempt import PRIVATE_KEY_JWT, Attempt, untrusted
 from gateway.core.authenticator import Approval, Authenticator, TokenRequest
+from gateway.core.client_address import (
+    NO_TRUSTED_PROXIES,
+    ClientOrigin,
+    TrustedProxies,
+    direct_origin,
+)
 from gateway.core.errors import (
     ExpectationFailed,
     GatewayError,
@@ -23,6 +34,7 @@ from gateway.core.errors import (
     UntrustedFraming,
 )
 from gateway.core.reasons import Reason
+from gateway.web.discovery import BACKEND_REQUEST_SKIP, serve_discovery
 from gateway.web.exchange import error_response, read_body, request_id_of
 from gateway.web.state import Guards
 
@@ -36,6 +48,7 @@ _METHOD_OVERRIDES = ("X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Meth
 _ENDPOINT_SKIP = skipped_request_headers(
     ("Authorization", "Content-Type", "Content-Encoding", "X-Request-Id", *_METHOD_OVERRIDES))
 _PASSTHROUGH_SKIP = skipped_request_headers(("X-Request-Id", *_METHOD_OVERRIDES))
+_DISCOVERY_SKIP = _PASSTHROUGH_SKIP | skipped_request_headers(BACKEND_REQUEST_SKIP)
 
 
 class PublicHandler:
@@ -46,9 +59,11 @@ class PublicHandler:
     """
 
     def __init__(self, slot: RuntimeSlot, guards: Guards, authenticator: Authenticator,
-                 metrics: GatewayMetrics, audit: AuditLog) -> None:
+                 metrics: GatewayMetrics, audit: AuditLog,
+                 trusted: TrustedProxies = NO_TRUSTED_PROXIES) -> None:
         self.slot, self.guards, self.authenticator = slot, guards, authenticator
         self.metrics, self.audit = metrics, audit
+        self.trusted = trusted  # listen.trusted_proxies, parsed once (restart to change)
         self.upstream: Upstream | None = None  # the backend pool, opened when serving starts
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -71,6 +86,8 @@ class PublicHandler:
             if path in runtime.endpoints:
                 return await self.handle_endpoint(request, runtime, path, request_id)
             if path in runtime.passthrough:
+                if path in runtime.discovery.paths and request.method in ("GET", "HEAD"):
+                    return await self.handle_discovery(request, runtime, path, request_id)
                 return await self.handle_passthrough(request, path, request_id)
             raise NotFound(Reason.NO_ROUTE)
         except GatewayError as error:
@@ -85,6 +102,16 @@ class PublicHandler:
                                   basic_challenge=False)
         finally:
             guards.in_flight -= 1
+
+    def _origin(self, request: web.BaseRequest) -> ClientOrigin:
+        """The client's address and scheme: the peer's, unless the peer is a trusted proxy."""
+        peer = request.remote or ""
+        trusted = self.trusted
+        if not trusted:  # nothing to believe: no header is read
+            return direct_origin(peer, request.scheme)
+        headers = request.headers
+        return trusted.resolve(peer, headers.getall("X-Forwarded-For", ()),
+                               headers.getall("X-Forwarded-Proto", ()), request.scheme)
 
     @staticmethod
     async def _continue(request: web.BaseRequest) -> None:
@@ -111,21 +138,22 @@ class PublicHandler:
     ) -> web.StreamResponse:
         """Read the body, authenticate, forward; audit and count the outcome once."""
         started = time.perf_counter()
+        origin = self._origin(request)
         outcome: Approval | GatewayError | None = None
         backend_status: int | None = None
         backend_error: str | None = None
         try:
-            self.authenticator.admit(request.remote or "")
+            self.authenticator.admit(origin.address)
             self._check_token_request(request)
             limits = self.guards.limits
             body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
             token_request = TokenRequest(
                 endpoint=path, body=body, content_type=request.headers.get("Content-Type"),
                 authorization=request.headers.get("Authorization"),
-                query_string=request.query_string, remote=request.remote or "")
+                query_string=request.query_string, remote=origin.address)
             outcome = await self.authenticator.authenticate(token_request, runtime.clients,
                                                             runtime.federation)
-            headers, forwarded = self._rewrite(request, request_id, body, outcome)
+            headers, forwarded = self._rewrite(request, request_id, body, outcome, origin)
             try:
                 response, backend_status = await self._upstream().forward(
                     request.method, path, request.raw_path, headers, forwarded,
@@ -139,18 +167,18 @@ class PublicHandler:
         except GatewayError as error:
             if outcome is None:
                 outcome = error
-            if error.detail:
+            if error.detail and error.reason not in BACKEND_OUTAGES:  # those: a warning
                 log.info("request %s: %s (%s)", request_id, error.reason, error.detail)
             raise
         finally:
-            self._account(request, path, request_id, outcome, started, backend_status,
+            self._account(origin, path, request_id, outcome, started, backend_status,
                           backend_error)
             # A refusal's traceback holds this frame: drop the cycle here rather than leave
             # it (and the request it holds) to the cyclic collector.
             outcome = None
 
     def _account(
-        self, request: web.BaseRequest, path: str, request_id: str,
+        self, origin: ClientOrigin, path: str, request_id: str,
         outcome: Approval | GatewayError | None, started: float, backend_status: int | None,
         backend_error: str | None,
     ) -> None:
@@ -165,7 +193,7 @@ class PublicHandler:
             attempt = outcome.attempt if outcome is not None else None
         metrics = self.metrics
         record = AuditRecord(request_id=request_id, endpoint=path, result=result, reason=reason,
-                             method=PRIVATE_KEY_JWT, remote=request.remote,
+                             method=PRIVATE_KEY_JWT, remote=origin.address or None,
                              backend_status=backend_status, backend_error=backend_error)
         if attempt is not None:
             record.fill(attempt)
@@ -178,6 +206,9 @@ class PublicHandler:
                 for decision in attempt.decisions:
                     metrics.count_federation_decision(attempt.client, decision.trust,
                                                       decision.mode, decision.result)
+            if attempt.certificate_not_after is not None and attempt.client is not None:
+                # A CA-anchored client's leaf; the gauge is written only when it changed.
+                metrics.set_certificate_expiry(attempt.client, attempt.certificate_not_after)
         metrics.count_auth(record.client or UNKNOWN_CLIENT, path, result, reason,
                            record.method or PRIVATE_KEY_JWT)
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -193,15 +224,17 @@ class PublicHandler:
 
     @staticmethod
     def _rewrite(
-        request: web.BaseRequest, request_id: str, body: bytes, approval: Approval
+        request: web.BaseRequest, request_id: str, body: bytes, approval: Approval,
+        origin: ClientOrigin,
     ) -> tuple[list[tuple[str, str]], bytes]:
         """The headers and body the backend gets: with the backend's credential, or (migration
         mode) as they came."""
         if approval.legacy is not None or approval.form is None:
             return (forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP,
-                                              request_id=request_id), body)
+                                              request_id=request_id, origin=origin), body)
         backend = approval.client.backend
-        headers = forwarded_request_headers(request, skip=_ENDPOINT_SKIP, request_id=request_id)
+        headers = forwarded_request_headers(request, skip=_ENDPOINT_SKIP, request_id=request_id,
+                                            origin=origin)
         headers += backend.forward_headers
         return headers, backend.body(approval.form.params)
 
@@ -210,7 +243,8 @@ class PublicHandler:
         """Migration mode: the answer says the secret is deprecated, and until when."""
         legacy = approval.legacy
         assert legacy is not None
-        response.headers["Deprecation"] = legacy.deprecation
+        if legacy.deprecation is not None:  # legacy_auth.since
+            response.headers["Deprecation"] = legacy.deprecation
         if legacy.sunset is not None:
             response.headers["Sunset"] = legacy.sunset
         log.warning("client %s authenticated with %s (migration mode)",
@@ -227,7 +261,20 @@ class PublicHandler:
         """Forward as it came (hop-by-hop headers aside); no authentication is involved."""
         body = await read_body(request, MAX_PASSTHROUGH_BODY,
                                self.guards.limits.body_timeout)
-        headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP, request_id=request_id)
+        headers = forwarded_request_headers(request, skip=_PASSTHROUGH_SKIP, request_id=request_id,
+                                            origin=self._origin(request))
         response, _ = await self._upstream().forward(request.method, path, request.raw_path,
                                                      headers, body, request_id=request_id)
         return response
+
+    async def handle_discovery(
+        self, request: web.BaseRequest, runtime: Runtime, path: str, request_id: str
+    ) -> web.StreamResponse:
+        """A GET or HEAD of a discovery document: rewritten to name the gateway (web.discovery)."""
+        body = await read_body(request, MAX_PASSTHROUGH_BODY, self.guards.limits.body_timeout)
+        headers = forwarded_request_headers(request, skip=_DISCOVERY_SKIP, request_id=request_id,
+                                            origin=self._origin(request))
+        return await serve_discovery(
+            self._upstream(), runtime.discovery, path, request.raw_path, headers, body,
+            request.headers.getall("If-None-Match", []), request_id=request_id,
+            now=self.authenticator.clock.time())

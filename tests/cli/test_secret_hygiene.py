@@ -262,7 +262,7 @@ def test_the_session_covered_every_path(session: Session) -> None:
     audit = [json.loads(line) for line in session.texts["serve stdout (audit)"].splitlines()]
     reasons = {line["reason"] for line in audit}
     assert {"ok", "replayed", "bad_signature", "expired", "unknown_client", "malformed",
-            "unsupported_auth_method"} <= reasons
+            "secret_not_allowed"} <= reasons
     assert {line.get("backend_status") for line in audit} >= {200, 500}
     assert any(line.get("backend_error") == "backend_unreachable" for line in audit)
     assert "reload refused" in session.texts["serve stderr (log)"]

@@ -30,6 +30,7 @@ from gateway.core.errors import (
     RetryLater,
     TemporarilyUnavailable,
     TooManyRequests,
+    UnsupportedAuthMethod,
 )
 from gateway.core.form import ASSERTION_TYPE
 from gateway.core.keyset import KeySet
@@ -298,11 +299,25 @@ async def test_migration_mode_lets_an_allowed_secret_through_unverified() -> Non
     assert approval.attempt.method == "client_secret_post"
     basic = "Basic " + base64.b64encode(f"{CLIENT_ID}:x".encode()).decode()
     error = await world.refused(b"grant_type=client_credentials", authorization=basic)
-    assert (error.reason, error.attempt and error.attempt.method) == (
-        "unsupported_auth_method", "client_secret_basic")
+    assert isinstance(error, UnsupportedAuthMethod)  # the public answer of any secret refusal
+    assert error.attempt is not None
+    assert (error.reason, error.attempt.client, error.attempt.method) == (
+        "secret_not_allowed", CLIENT_ID, "client_secret_basic")
     world.clock.now = NOW + 10
     assert (await world.refused(secret_body)).reason == "legacy_auth_expired"
     assert len(world.ledger) == 0
+
+
+async def test_refused_secrets_of_a_configured_client_do_not_brake_its_keys(
+    world: World,
+) -> None:
+    basic = "Basic " + base64.b64encode(f"{CLIENT_ID}:guess".encode()).decode()
+    for index in range(10):  # far past the client's burst of 3, from many addresses
+        error = await world.refused(b"grant_type=client_credentials", authorization=basic,
+                                    remote=f"198.51.100.{index}")
+        assert error.reason == "secret_not_allowed"
+    approval = await world.run(body(world.signer.assertion()), remote="203.0.113.9")
+    assert approval.client.client_id == CLIENT_ID
 
 
 @dataclass(frozen=True)

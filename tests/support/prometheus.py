@@ -95,8 +95,10 @@ class Prometheus:
 
 
 def start_prometheus(binary: str, workdir: Path, targets: list[str], rule_files: list[Path],
-                     session: aiohttp.ClientSession) -> Prometheus:
-    """Start Prometheus on a free loopback port, scraping ``targets`` (job ``JOB``) every second.
+                     session: aiohttp.ClientSession, *,
+                     other_targets: list[str] | None = None) -> Prometheus:
+    """Start Prometheus on a free loopback port, scraping ``targets`` (job ``JOB``) every second,
+    and ``other_targets`` (job ``other``: not gateways) if given.
 
     Only loopback, no remote storage, its data in ``workdir``. The caller stops it.
     """
@@ -104,11 +106,15 @@ def start_prometheus(binary: str, workdir: Path, targets: list[str], rule_files:
     config = workdir / "prometheus.yml"
     listed = ", ".join(f'"{target}"' for target in targets)
     rules = "".join(f"  - {path}\n" for path in rule_files)
+    other_job = ""
+    if other_targets:
+        others = ", ".join(f'"{target}"' for target in other_targets)
+        other_job = f"  - job_name: other\n    static_configs:\n      - targets: [{others}]\n"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
         f"rule_files:\n{rules}"
         f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n"
-        f"      - targets: [{listed}]\n")
+        f"      - targets: [{listed}]\n{other_job}")
     port = free_port()
     log = workdir / "prometheus.log"
     with log.open("wb") as sink:

@@ -305,9 +305,10 @@ def test_build_context_holds_the_sources_and_nothing_else(stages: list[Stage]) -
     context = build_context(ROOT)
     sources = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "gateway").glob("*.py"))
     assert set(sources) <= set(context)
-    assert {"pyproject.toml", "README.md"} <= set(context)
+    assert {"pyproject.toml", "README.md", "LICENSE"} <= set(context)
     for path in context:
-        assert path in ("pyproject.toml", "README.md") or path.startswith("gateway/"), path
+        assert path in ("pyproject.toml", "README.md", "LICENSE") or path.startswith(
+            "gateway/"), path
         assert "__pycache__" not in path and not path.endswith((".pem", ".key")), path
     for stage in stages:
         for copy in stage.all("COPY"):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, Backend, gateway_yaml
+from tests.support.key_certificates import DAY, with_certificate
 from tests.support.ports import free_port
 from tests.support.prometheus import JOB, Prometheus, require_tool, start_prometheus
 from tests.support.serving import wait_healthy
@@ -29,6 +31,8 @@ RULES = ROOT / "config" / "prometheus-rules.yml"
 RULE_TESTS = ROOT / "config" / "prometheus-rules.test.yml"
 DASHBOARD = ROOT / "config" / "grafana-dashboard.json"
 README = ROOT / "README.md"
+# The documented placeholder base of the alerts' runbook_url (README "Runbooks").
+RUNBOOK_BASE = "https://pkjwt-gateway.example/README.md"
 
 # The public metric contract (README "Audit log and metrics"): name -> type.
 METRICS = {
@@ -41,6 +45,7 @@ METRICS = {
     "pkjwt_jwks_fetch_total": "counter",
     "pkjwt_jwks_keys": "gauge",
     "pkjwt_jwks_last_success_timestamp_seconds": "gauge",
+    "pkjwt_client_certificate_expiry_timestamp_seconds": "gauge",
     "pkjwt_backend_requests_total": "counter",
     "pkjwt_backend_seconds": "histogram",
     "pkjwt_config_reloads_total": "counter",
@@ -57,6 +62,7 @@ GRAFANA_INTERVALS = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h
 CORE_PANELS = ("Client authentications per second", "Verification latency",
                "Backend requests by status class")
 TOOL_TIMEOUT = 60
+CERTIFICATE_DAYS = 30  # the end-to-end client's certificate expires this far ahead
 
 
 def metric_names(expr: str) -> set[str]:
@@ -64,6 +70,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
     text = re.sub(r"\{[^}]*\}", " ", text)
     text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)  # a dashboard variable (offset $__range)
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     names = set()
     for match in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", text):
@@ -151,14 +158,59 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     assert alerts - quiet == set(), "alerts never shown staying quiet"
 
 
-def test_every_alert_has_severity_annotations_and_a_runbook_anchor() -> None:
+def readme_anchors() -> set[str]:
+    """The anchors a Markdown renderer (GitHub's rule) gives the README's headings."""
+    headings = re.findall(r"^#+ (.+)$", README.read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in headings}
+
+
+def test_every_alert_has_severity_annotations_and_an_absolute_runbook_url() -> None:
+    anchors = readme_anchors()
     for rule in load_rules():
         name = rule["alert"]
         assert rule["labels"]["severity"] in ("critical", "warning"), name
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], name
-        # GitHub's anchor of the README heading "### Runbook: <alert>".
-        assert annotations["runbook_url"] == f"README.md#runbook-{name.lower()}", name
+        # Clickable in Alertmanager: absolute, on the documented base, at the alert's heading.
+        url = urllib.parse.urlsplit(annotations["runbook_url"])
+        assert (url.scheme, url.netloc) == ("https", "pkjwt-gateway.example"), name
+        assert annotations["runbook_url"] == f"{RUNBOOK_BASE}#runbook-{name.lower()}", name
+        assert url.fragment in anchors, name
+
+
+def test_the_documented_sed_sets_the_runbook_base_of_rules_and_dashboard(
+    tmp_path: Path,
+) -> None:
+    readme = README.read_text()
+    section = readme[readme.index("\n## Runbooks\n"):readme.index("\n### Runbook: ")]
+    [block] = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    assert RUNBOOK_BASE in block
+    (tmp_path / "config").mkdir()
+    for source in (RULES, DASHBOARD):
+        (tmp_path / "config" / source.name).write_bytes(source.read_bytes())
+    result = subprocess.run(["bash", "-euc", block], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=TOOL_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    [base] = re.findall(r"^base=(\S+)", block, flags=re.MULTILINE)
+    rules = yaml.safe_load((tmp_path / "config" / RULES.name).read_text())
+    urls = [rule["annotations"]["runbook_url"] for group in rules["groups"]
+            for rule in group["rules"]]
+    assert urls and all(url.startswith(f"{base}#runbook-") for url in urls), urls
+    dashboard = json.loads((tmp_path / "config" / DASHBOARD.name).read_text())
+    [constant] = [v for v in dashboard["templating"]["list"] if v["name"] == "runbook_base"]
+    assert constant["query"] == base
+    checked = run_promtool("check", "rules", str(tmp_path / "config" / RULES.name))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_dashboard_links_to_the_runbooks_on_the_same_base() -> None:
+    dashboard = load_dashboard()
+    [constant] = [v for v in dashboard["templating"]["list"] if v["name"] == "runbook_base"]
+    assert (constant["type"], constant["query"]) == ("constant", RUNBOOK_BASE)
+    [link] = [link for link in dashboard["links"] if link["title"] == "Runbooks"]
+    base, _, anchor = link["url"].partition("#")
+    assert base == "${runbook_base}" and anchor in readme_anchors()
 
 
 def test_the_readme_has_a_runbook_for_every_alert() -> None:
@@ -179,8 +231,9 @@ def test_rules_only_use_metrics_of_the_contract() -> None:
 def test_metric_names_finds_metrics_not_labels_functions_or_keywords() -> None:
     expr = ('histogram_quantile(0.99, sum by (le, store) (rate(pkjwt_replay_check_seconds_bucket'
             '{job=~"$job", store="redis"}[5m]))) > 0.1 and on (job) time() - '
-            'pkjwt_build_info offset 10m or up == 0')
-    assert metric_names(expr) == {"pkjwt_replay_check_seconds", "pkjwt_build_info", "up"}
+            'pkjwt_build_info offset 10m or up == 0 unless pkjwt_jwks_keys offset $__range')
+    assert metric_names(expr) == {"pkjwt_replay_check_seconds", "pkjwt_build_info", "up",
+                                  "pkjwt_jwks_keys"}
 
 
 def test_dashboard_imports_without_fixed_datasource_uids() -> None:
@@ -220,7 +273,8 @@ async def test_prometheus_scrapes_the_gateway_and_answers_every_panel_and_rule(
     started = time.monotonic()
     deadline = started + 45
     port, admin = free_port(), free_port()
-    signer = make_signer("ES256")
+    # Its key carries a certificate: the expiry gauge and its panel have data.
+    signer = with_certificate(make_signer("ES256"), not_after=time.time() + CERTIFICATE_DAYS * DAY)
     config = tmp_path / "gateway.yaml"
     config.write_text(gateway_yaml(
         backend.url, {"keys": [signer.public_jwk]},
@@ -327,6 +381,9 @@ async def _check_panels(prometheus: Prometheus) -> None:
     assert classes == {"2xx"}
     reasons = {s["metric"]["reason"] for s in answered["Rejections by reason"]}
     assert reasons == {"replayed", "expired", "bad_signature", "unknown_client"}
+    [days_left] = answered["Certificate expiry per client (days left)"]
+    assert days_left["metric"] == {"client": "ci-pipeline"}
+    assert CERTIFICATE_DAYS - 1 < float(days_left["value"][1]) <= CERTIFICATE_DAYS
     # The template variables' own queries (label_values) find the gateway and its client.
     for variable in dashboard["templating"]["list"]:
         if variable["type"] != "query":

@@ -278,9 +278,10 @@ async def test_no_authentication_is_invalid_client_without_a_challenge(
 
 
 async def test_client_secret_only_is_invalid_client(gw: Running, backend: Backend) -> None:
+    # A configured client without migration mode: refused under its own id.
     await refused(gw, backend, {"grant_type": "client_credentials", "client_id": CLIENT,
                                 "client_secret": "guess"}, 401, "invalid_client",
-                  "unsupported_auth_method")
+                  "secret_not_allowed")
 
 
 async def test_wrong_assertion_type_is_refused(gw: Running, backend: Backend) -> None:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
-from gateway.cli.report import counts_from_metrics, usage_report
+from gateway.cli.main import main
+from gateway.cli.report import counts_from_metrics, render_report, usage_report
 from gateway.config.lint import lint_settings
 from gateway.config.loading import parse_settings
 from tests.conftest import BACKEND_SECRET, ISSUER, Backend, GatewayFactory, gateway_yaml
@@ -56,7 +58,7 @@ async def test_a_secret_goes_through_unchanged_marked_deprecated(
     assert BACKEND_SECRET not in str(seen.headers)
     assert headers["Sunset"] == (TOMORROW + dt.timedelta(days=1)).strftime(
         "%a, %d %b %Y 00:00:00 GMT")
-    assert headers["Deprecation"].startswith("@")
+    assert "Deprecation" not in headers  # no legacy_auth.since (tests/web/test_deprecation.py)
     line = gw.audit_lines()[-1]
     assert (line["result"], line["reason"], line["method"]) == (
         "accepted", "legacy_secret", "client_secret_basic")
@@ -71,7 +73,7 @@ async def test_client_secret_post_when_allowed(
     gw = await start_gateway(client=_legacy("client_secret_post", None))
     body = {"grant_type": "client_credentials", "client_id": CLIENT, "client_secret": "s"}
     status, headers, _ = await gw.post(body)
-    assert status == 200 and "Sunset" not in headers and "Deprecation" in headers
+    assert status == 200 and "Sunset" not in headers and "Deprecation" not in headers
     assert ("client_secret", "s") in backend.seen[0].form()
 
 
@@ -79,11 +81,11 @@ async def test_client_secret_post_when_allowed(
     ("client", "request_headers", "data", "reason"),
     [
         pytest.param("", {"Authorization": _basic(CLIENT, "s")},
-                     {"grant_type": "client_credentials"}, "unsupported_auth_method",
+                     {"grant_type": "client_credentials"}, "secret_not_allowed",
                      id="no-legacy-auth-configured"),
         pytest.param(_legacy("client_secret_post", TOMORROW),
                      {"Authorization": _basic(CLIENT, "s")},
-                     {"grant_type": "client_credentials"}, "unsupported_auth_method",
+                     {"grant_type": "client_credentials"}, "secret_not_allowed",
                      id="method-not-allowed"),
         pytest.param(_legacy("client_secret_basic", YESTERDAY),
                      {"Authorization": _basic(CLIENT, "s")},
@@ -108,6 +110,46 @@ async def test_refusals(
     assert headers["WWW-Authenticate"].startswith("Basic")
     assert backend.seen == []
     assert gw.audit_lines()[-1]["reason"] == reason
+
+
+@pytest.mark.parametrize(
+    ("client", "request_headers", "data", "method"),
+    [
+        pytest.param("", {"Authorization": _basic(CLIENT, "guess")},
+                     {"grant_type": "client_credentials"}, "client_secret_basic",
+                     id="basic-without-legacy-auth"),
+        pytest.param("", {}, {"grant_type": "client_credentials", "client_id": CLIENT,
+                              "client_secret": "guess"}, "client_secret_post",
+                     id="post-without-legacy-auth"),
+        pytest.param(_legacy("client_secret_basic", TOMORROW), {},
+                     {"grant_type": "client_credentials", "client_id": CLIENT,
+                      "client_secret": "guess"}, "client_secret_post",
+                     id="post-when-only-basic-is-allowed"),
+    ],
+)
+async def test_a_configured_client_trying_a_secret_is_counted_under_its_id(
+    start_gateway: GatewayFactory, backend: Backend, client: str,
+    request_headers: dict[str, str], data: dict[str, str], method: str,
+) -> None:
+    gw = await start_gateway(client=client)
+    status, headers, body = await gw.post(data, headers=request_headers)
+    assert status == 401 and backend.seen == []
+    # The caller learns nothing more than a stranger does: the same status, body and challenge.
+    stranger = {key: value.replace(CLIENT, "nobody-configured") for key, value in data.items()}
+    stranger_headers = {"Authorization": _basic("nobody-configured", "guess")} \
+        if request_headers else {}
+    status2, headers2, body2 = await gw.post(stranger, headers=stranger_headers)
+    assert (status2, body2, headers2.get("WWW-Authenticate")) == (
+        status, body, headers.get("WWW-Authenticate"))
+    mine, theirs = gw.audit_lines()[-2:]
+    assert (mine["client"], mine["method"], mine["result"], mine["reason"]) == (
+        CLIENT, method, "rejected", "secret_not_allowed")
+    assert "client" not in theirs and theirs["reason"] == "unsupported_auth_method"
+    assert "guess" not in json.dumps([mine, theirs])
+    assert gw.metric("pkjwt_client_auth_total", client=CLIENT, endpoint="/oauth2/token",
+                     result="rejected", reason="secret_not_allowed", method=method) == 1
+    assert gw.metric("pkjwt_client_auth_total", client="unknown", endpoint="/oauth2/token",
+                     result="rejected", reason="unsupported_auth_method", method=method) == 1
 
 
 async def test_a_migrating_client_can_use_its_key_too(
@@ -160,6 +202,40 @@ async def test_report_lists_clients_still_on_secrets_from_metrics(
     [row] = json.loads(result.stdout)
     assert row["client"] == CLIENT and row["secret_requests"] == {"client_secret_basic": 3}
     assert row["until"] == TOMORROW.isoformat() and row["days_left"] == 1
+
+
+async def test_report_names_a_configured_client_still_trying_secrets(
+    start_gateway: GatewayFactory, backend: Backend, tmp_path: Path
+) -> None:
+    gw = await start_gateway()  # no legacy_auth: every secret of the client is refused
+    for _ in range(2):
+        status, _, _ = await gw.post({"grant_type": "client_credentials"},
+                                     headers={"Authorization": _basic(CLIENT, "old-secret")})
+        assert status == 401
+    gw.gateway.metrics.flush()  # as a scrape does
+    exposition = generate_latest(gw.gateway.metrics.registry).decode()
+    settings = parse_settings(gateway_yaml(backend.url, {"keys": [gw.signer.public_jwk]}),
+                              base_dir=tmp_path, env={"CI_SECRET": "x"})
+    [row] = usage_report(settings, counts_from_metrics(exposition))
+    assert (row.client, row.allowed, row.secret_requests, row.refused_secret_requests) == (
+        CLIENT, [], {}, {"client_secret_basic": 2})
+    assert render_report([row], as_json=False) == (
+        f"{CLIENT}: allowed none, no end date; no secret requests; "
+        "refused client_secret_basic 2; private_key_jwt 0")
+
+
+@pytest.mark.parametrize("window", ["7 days", "30d) or vector(1", "", "1.5h"])
+def test_report_refuses_a_window_that_is_no_duration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], window: str
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(gateway_yaml("http://127.0.0.1:1",
+                                   {"keys": [make_signer("ES256").public_jwk]}))
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "--config", str(config), "--prometheus", "http://127.0.0.1:1",
+              "--window", window])
+    assert exited.value.code == 2
+    assert "is not a duration such as 30d" in capsys.readouterr().err
 
 
 def test_check_explains_the_risk_of_assertion_reuse(tmp_path: Path) -> None:
