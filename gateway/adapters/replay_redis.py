@@ -36,7 +36,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -45,6 +45,7 @@ from redis.exceptions import (
     IncorrectPolicyType,
     RedisClusterException,
     RedisError,
+    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -279,18 +280,57 @@ class RedisReplayLedger:
         in one pipeline; returns the SET replies and the tags whose marker went unchecked."""
         tags = list(dict.fromkeys([*(claim.tag for claim in batch), *more_tags]))
         offered = [self.markers.offered(tag, offer) for tag in tags]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for claim in batch:
-                pipe.set(claim.key, claim.token, nx=True, px=claim.ttl, get=True)
-            # After the writes: a loss that strikes between them and this is still seen.
-            for tag, value in zip(tags, offered, strict=True):
-                pipe.set(marker_key(tag), value, nx=True, get=True)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        commands: list[tuple[Any, ...]] = [
+            ("SET", claim.key, claim.token, "NX", "PX", claim.ttl, "GET") for claim in batch]
+        # After the writes: a loss that strikes between them and this is still seen.
+        commands += [("SET", marker_key(tag), value, "NX", "GET")
+                     for tag, value in zip(tags, offered, strict=True)]
+        replies: list[Any]
+        if self._cluster:  # the cluster client routes each command to its slot's node
+            async with self.client.pipeline(transaction=False) as pipe:
+                for claim in batch:
+                    pipe.set(claim.key, claim.token, nx=True, px=claim.ttl, get=True)
+                for tag, value in zip(tags, offered, strict=True):
+                    pipe.set(marker_key(tag), value, nx=True, get=True)
+                replies = await pipe.execute(raise_on_error=False)
+        else:
+            replies = await self._exchange(commands)
         if len(replies) != len(batch) + len(tags):
             raise RedisConnectionError(
                 f"{len(replies)} replies to {len(batch) + len(tags)} commands")
         unchecked = await self._observe(tags, offered, replies[len(batch):], offer)
         return replies[:len(batch)], unchecked
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` written at once on one pooled connection, their replies read in order
+        (an error reply in its place). redis-py's pipeline object cost more CPU per batch than
+        the round trip; this is what it sends and reads, without it. A connection that failed
+        is dropped and the batch sent once more on a fresh one (every command in it may be
+        repeated: a claim finds its own token, a marker its own offer); a second failure, or
+        the batch's deadline, fails the batch."""
+        pool = cast(Redis, self.client).connection_pool  # not a cluster client: see _write
+        for attempt in (1, 2):
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                await connection.send_packed_command(connection.pack_commands(commands))
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as error:
+                        replies.append(error)
+                return replies
+            except (RedisConnectionError, OSError):
+                await connection.disconnect()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                # Cancelled or failed half way: what the connection holds is unknown.
+                await connection.disconnect()
+                raise
+            finally:
+                await pool.release(connection)
+        raise AssertionError("not reached")
 
     async def _observe(self, tags: list[str], offered: list[bytes], replies: list[Any],
                        offer: Offer) -> dict[str, BaseException]:

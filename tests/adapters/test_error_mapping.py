@@ -205,11 +205,39 @@ def test_an_unforeseen_exception_fails_closed_but_is_flagged(exc: Exception) -> 
 
 
 class _FailingRedis:
+    """Fails as the client does, whichever way a check reaches the server."""
+
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+        self.connection_pool = _FailingPool(exc)
 
     def pipeline(self, *args: object, **kwargs: object) -> _FailingPipeline:
         return _FailingPipeline(self.exc)
+
+
+class _FailingPool:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    async def get_connection(self) -> _FailingConnection:
+        return _FailingConnection(self.exc)
+
+    async def release(self, connection: object) -> None:
+        return None
+
+
+class _FailingConnection:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def pack_commands(self, commands: object) -> list[bytes]:
+        return []
+
+    async def send_packed_command(self, *args: object) -> None:
+        raise self.exc
+
+    async def disconnect(self) -> None:
+        return None
 
 
 class _FailingPipeline:
