@@ -186,7 +186,8 @@ async def test_a_flushed_redis_is_a_loss_and_what_was_issued_before_is_refused(
             await refused(ledger, "c", "accepted-before", issued)
         await refused(ledger, "c", "never-seen", issued)
         loss = redis_of(ledger).markers.loss_time("c")
-        assert loss is not None and noticed - 0.1 <= loss <= time.time()
+        # Markers keep the loss time to the millisecond, rounded: it may be up to 0.5 ms ahead.
+        assert loss is not None and noticed - 0.1 <= loss <= time.time() + 0.001
         assert loss_time_of(await marker_of(server.url, "c") or b"") == pytest.approx(loss)
         # Issued after the loss plus the skew: accepted (the clock is the test's, in step).
         assert await check(ledger, "c", "fresh", loss + SKEW) is True
