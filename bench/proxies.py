@@ -13,7 +13,7 @@ from pathlib import Path
 
 from certificate import certificate_yaml
 from federated import FEDERATED_ALGS, federation_yaml, trust_yaml
-from figures import CERTIFICATE, FEDERATED, ReplayLatency, Run
+from figures import CERTIFICATE, FEDERATED, USAGE_OFF, ReplayLatency, Run
 from load import LoadResult, run_wrk
 from procs import Children, free_port, wait_for_port
 from scrape import Buckets, fetch_histograms
@@ -37,6 +37,7 @@ class Contender:
     command: str = ""  # the command template; empty for the bare proxy
     federated: bool = False  # the client sends a platform's token instead of its own assertion
     certificate: bool = False  # the client is CA-anchored: its chain in x5c, no jwks
+    usage: bool = True  # usage per credential recorded (usage.enabled)
 
     @property
     def name(self) -> str:
@@ -44,6 +45,8 @@ class Contender:
             return FEDERATED
         if self.certificate:
             return CERTIFICATE
+        if not self.usage:
+            return USAGE_OFF
         return f"{self.kind}/{self.store}" if self.store else self.kind
 
     def measured_with(self, alg: str) -> bool:
@@ -63,12 +66,13 @@ class Contender:
 
 def line_up(
     stores: list[str], gateway_cmd: str, baseline_cmd: str | None, *, federated: bool = False,
-    certificate: bool = False,
+    certificate: bool = False, usage_off: bool = False,
 ) -> list[Contender]:
     """The order of every pair: bare, the gateway on each store, then the baseline on each.
 
     With `federated` (and `certificate`), the gateway's federated (and CA-anchored) case
-    runs right after the gateway on memory, the own-key run it is compared with.
+    runs right after the gateway on memory, the own-key run it is compared with; so does,
+    with `usage_off`, the same gateway with usage tracking off.
     """
     found = [Contender("bare")]
     for store in stores:
@@ -77,6 +81,8 @@ def line_up(
             found.append(Contender("gateway", store, gateway_cmd, federated=True))
         if certificate and store == "memory":
             found.append(Contender("gateway", store, gateway_cmd, certificate=True))
+        if usage_off and store == "memory":
+            found.append(Contender("gateway", store, gateway_cmd, usage=False))
     if baseline_cmd:
         found += [Contender("baseline", store, baseline_cmd) for store in stores]
     return found
@@ -97,12 +103,13 @@ class Bench:
 
 def write_config(
     bench: Bench, keys: list[SigningKey], port: int, admin_port: int, store: str,
-    platform: SigningKey | None = None, ca_file: Path | None = None,
+    platform: SigningKey | None = None, ca_file: Path | None = None, usage: bool = True,
 ) -> Path:
     """The gateway's YAML for one start (DESIGN §4 keys); the secret comes from the env.
 
     With a `platform` key, the client also trusts one subject of that platform's tokens;
-    with a `ca_file`, the client is CA-anchored (its certificate instead of its jwks).
+    with a `ca_file`, the client is CA-anchored (its certificate instead of its jwks);
+    without `usage`, usage per credential is not recorded.
     """
     replay = {"store": store}
     if store == "redis":
@@ -117,6 +124,7 @@ def write_config(
         f"backend: {{url: 'http://127.0.0.1:{bench.backend_port}', timeout: 10s}}\n"
         "endpoints: [/oauth2/token]\n"
         f"replay: {json.dumps(replay)}\n"
+        + ("" if usage else "usage: {enabled: false}\n")
         + ("" if platform is None else federation_yaml(platform))
         + "clients:\n"
         f"  {CLIENT_ID}:\n"
@@ -141,7 +149,7 @@ def proxy_argv(
         assert ca_file is not None, "the CA-anchored contender trusts the bench CA"
     config = write_config(bench, [key], port, admin_port, contender.store,
                           platform if contender.federated else None,
-                          ca_file if contender.certificate else None)
+                          ca_file if contender.certificate else None, contender.usage)
     command = contender.command.format(
         python=sys.executable, config=config, port=port, backend=backend, bench=BENCH_DIR
     )

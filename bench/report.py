@@ -13,6 +13,7 @@ from figures import (
     FEDERATED_TARGET,
     STORE_TARGET,
     TARGETS,
+    USAGE_TARGET,
     AlgResult,
     Figure,
     Pair,
@@ -187,7 +188,8 @@ def write_summary(
         "options": options,
         "targets": {"gateway_over_bare": TARGETS, "redis_over_memory": STORE_TARGET,
                     "federated_over_own_key": FEDERATED_TARGET,
-                    "certificate_over_own_key": CERTIFICATE_TARGET},
+                    "certificate_over_own_key": CERTIFICATE_TARGET,
+                    "usage_on_over_off": USAGE_TARGET},
         "results": [_alg_summary(result) for result in results],
     }
     path = out_dir / f"bench-{stamp}.json"

@@ -83,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              " once and cached) against its registered key (gateway/certificate, memory"
              " ledger; default: on when the memory store is measured)",
     )
+    parser.add_argument(
+        "--usage", action=argparse.BooleanOptionalAction, default=None,
+        help="also measure the gateway with usage tracking off (gateway/usage-off, memory"
+             " ledger) against it on, as shipped (default: on when the memory store is"
+             " measured)",
+    )
     parser.add_argument("--proxy-core", type=int, default=1)
     parser.add_argument("--load-core", type=int, default=0)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out")
@@ -107,6 +113,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--certificate: {certificate_problem}")
     if args.certificate is None:
         args.certificate = certificate_problem is None
+    usage_problem = _usage_problem(args)
+    if args.usage and usage_problem:
+        parser.error(f"--usage: {usage_problem}")
+    if args.usage is None:
+        args.usage = usage_problem is None
     if args.latency_pairs is None:
         args.latency_pairs = args.pairs
     if args.duration <= 0 or args.warmup + args.duration + SLACK + 15 > LIFETIME:
@@ -134,6 +145,15 @@ def _certificate_problem(args: argparse.Namespace) -> str | None:
         return "compared with the gateway on the memory ledger: add memory to --store"
     if "{config}" not in args.gateway_cmd:
         return "the --gateway-cmd takes no {config}, so it cannot be given the client's CA"
+    return None
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """Why the usage-off contender cannot run with these options, or None."""
+    if "memory" not in args.stores:
+        return "compared with the gateway on the memory ledger: add memory to --store"
+    if "{config}" not in args.gateway_cmd:
+        return "the --gateway-cmd takes no {config}, so usage tracking cannot be turned off"
     return None
 
 
@@ -182,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url = start_redis(children, tmp, args.load_core)
                 log(f"redis-server at {redis_url} on core {args.load_core}")
             contenders = line_up(args.stores, args.gateway_cmd, args.baseline_cmd,
-                                 federated=args.federated, certificate=args.certificate)
+                                 federated=args.federated, certificate=args.certificate,
+                                 usage_off=args.usage)
             bench = Bench(args, tmp, children, contenders, port, backend.pid, secret,
                           mint_cpus, redis_url)
             for alg in args.algs:

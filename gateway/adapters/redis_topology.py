@@ -42,6 +42,28 @@ def build_redis_ledger(
     Raises ValueError for a missing, ambiguous or malformed topology; RedisClusterException
     for cluster arguments redis-py refuses.
     """
+    client, sentinel_clients = connect_redis(
+        url=url, sentinels=sentinels, sentinel_master=sentinel_master,
+        cluster_nodes=cluster_nodes, password=password, username=username, timeout=timeout,
+        max_connections=max_connections)
+    ledger = RedisReplayLedger(client, timeout=timeout, sentinels=sentinel_clients,
+                               batch=batch, subjects=subjects, on_reset=on_reset)
+    return TieredReplayLedger(ledger, local_max_entries) if tiered else ledger
+
+
+def connect_redis(
+    *, url: str | None = None, sentinels: list[tuple[str, int]] | None = None,
+    sentinel_master: str | None = None, cluster_nodes: list[tuple[str, int]] | None = None,
+    password: str | None = None, username: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    socket_timeout: float = SOCKET_TIMEOUT,
+) -> tuple[Redis | RedisCluster, list[Redis]]:
+    """A lazily connecting client of the primary for one topology (as ``build_redis_ledger``
+    takes it), and the Sentinel clients to close with it. Socket operations wait at most
+    ``socket_timeout`` (and never longer than ``timeout``).
+
+    Raises ValueError and RedisClusterException as ``build_redis_ledger`` does.
+    """
     if [url is not None, sentinels is not None, cluster_nodes is not None].count(True) != 1:
         raise ValueError("give exactly one of url, sentinels, cluster_nodes")
     if max_connections < 1 or timeout <= 0:
@@ -49,8 +71,8 @@ def build_redis_ledger(
     # redis-py defaults (5 s socket timeouts, 10 retries) would hold a request for up to a
     # minute on a hung Redis; one immediate retry is enough to survive a dropped connection.
     common: dict[str, Any] = {
-        "socket_connect_timeout": min(SOCKET_TIMEOUT, timeout),
-        "socket_timeout": min(SOCKET_TIMEOUT, timeout), "retry": Retry(NoBackoff(), 1)}
+        "socket_connect_timeout": min(socket_timeout, timeout),
+        "socket_timeout": min(socket_timeout, timeout), "retry": Retry(NoBackoff(), 1)}
     if username is not None:
         common["username"] = username
     if password is not None:
@@ -80,6 +102,4 @@ def build_redis_ledger(
         client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes],
             max_connections=max_connections, **common)
-    ledger = RedisReplayLedger(client, timeout=timeout, sentinels=sentinel_clients,
-                               batch=batch, subjects=subjects, on_reset=on_reset)
-    return TieredReplayLedger(ledger, local_max_entries) if tiered else ledger
+    return client, sentinel_clients
