@@ -94,6 +94,13 @@ class Running:
         return str(self.server.make_url("")).rstrip("/")
 
     def audit_lines(self) -> list[dict[str, Any]]:
+        """The decision lines (key-change events aside: see audit_events)."""
+        return [line for line in self._audit() if "event" not in line]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        return [line for line in self._audit() if "event" in line]
+
+    def _audit(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit.getvalue().splitlines()]
 
     def metric(self, name: str, **labels: str) -> float:

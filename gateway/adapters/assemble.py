@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as datetime_time
@@ -20,8 +20,10 @@ from gateway.adapters.federation_runtime import (
     issuer_trusts,
     ledger_subjects,
 )
-from gateway.adapters.redis_topology import build_redis_ledger
+from gateway.adapters.redis_topology import build_redis_ledger, connect_redis
 from gateway.adapters.remote_keys import RemoteKeySource
+from gateway.adapters.usage_store import DEFAULT_TIMEOUT as USAGE_STORE_TIMEOUT
+from gateway.adapters.usage_store import RedisUsageStore
 from gateway.config.errors import ConfigError
 from gateway.config.settings import Settings
 from gateway.config.yaml_dialect import join_path
@@ -38,7 +40,9 @@ from gateway.core.discovery_document import (
 from gateway.core.federation import NO_FEDERATION, Federation
 from gateway.core.keyset import import_jwks
 from gateway.core.keysource import KeySource, StaticKeySource
+from gateway.core.lifecycle import KeyDeadlines
 from gateway.core.replay import MemoryReplayLedger, ReplayLedger
+from gateway.core.usage import UsageBook
 
 # The in-process tier in front of Redis only saves round trips: it need not hold everything.
 LOCAL_TIER_MAX_ENTRIES = 100_000
@@ -71,6 +75,8 @@ class Runtime:
     passthrough: frozenset[str]
     federation: Federation = NO_FEDERATION
     discovery: DiscoveryRewrite = NO_DISCOVERY  # how discovery documents name the gateway
+    # Configured clients with enabled: false (offboarded): refused as client_disabled.
+    disabled: frozenset[str] = frozenset()
 
     def sources(self) -> list[KeySource]:
         """Every key source in use, each once (an issuer's serves all clients trusting it)."""
@@ -175,8 +181,11 @@ def build_runtime(
                 continue
             if keys is None:
                 continue
+            # key_expiry and retire, each date's refuse-from moment computed once here.
+            deadlines = KeyDeadlines.of_settings(client.key_expiry, client.retire)
             credentials = (RegisteredKeys(client_id, keys, _policies(settings, client_id),
-                                          allow_reuse=client.allow_assertion_reuse),)
+                                          allow_reuse=client.allow_assertion_reuse,
+                                          deadlines=deadlines),)
         elif client.certificate is not None:
             held = previous.clients.get(client_id) if previous is not None else None
             try:
@@ -206,6 +215,7 @@ def build_runtime(
         passthrough=frozenset(settings.passthrough),
         federation=build_federation(settings, issuers, clients),
         discovery=build_discovery_rewrite(settings, clients),
+        disabled=frozenset(cid for cid, client in settings.clients.items() if not client.enabled),
     )
 
 
@@ -261,16 +271,40 @@ def build_ledger(settings: Settings, *,
     replay = settings.replay
     if replay.store == "memory":
         return MemoryReplayLedger(replay.max_entries)
-    common: dict[str, Any] = {
-        "username": replay.redis_username, "password": replay.password_value(),
-        "timeout": replay.timeout, "max_connections": replay.redis_max_connections,
-        "local_max_entries": min(replay.max_entries, LOCAL_TIER_MAX_ENTRIES),
-        "subjects": ledger_subjects(settings), "on_reset": on_reset}
+    return build_redis_ledger(
+        **_redis_topology(settings), timeout=replay.timeout,
+        max_connections=replay.redis_max_connections,
+        local_max_entries=min(replay.max_entries, LOCAL_TIER_MAX_ENTRIES),
+        subjects=ledger_subjects(settings), on_reset=on_reset)
+
+
+def _redis_topology(settings: Settings) -> dict[str, Any]:
+    """replay's Redis: exactly one of url, sentinels, cluster nodes, and the credentials."""
+    replay = settings.replay
+    common: dict[str, Any] = {"username": replay.redis_username,
+                              "password": replay.password_value()}
     if replay.redis_sentinels:
-        return build_redis_ledger(
-            sentinels=[_host_port(node) for node in replay.redis_sentinels],
-            sentinel_master=replay.redis_sentinel_master, **common)
+        return {"sentinels": [_host_port(node) for node in replay.redis_sentinels],
+                "sentinel_master": replay.redis_sentinel_master, **common}
     if replay.redis_cluster_nodes:
-        return build_redis_ledger(
-            cluster_nodes=[_host_port(node) for node in replay.redis_cluster_nodes], **common)
-    return build_redis_ledger(url=replay.redis_url, **common)
+        return {"cluster_nodes": [_host_port(node) for node in replay.redis_cluster_nodes],
+                **common}
+    return {"url": replay.redis_url, **common}
+
+
+def build_usage_store(settings: Settings, book: UsageBook,
+                      client_ids: Callable[[], Iterable[str]]) -> RedisUsageStore | None:
+    """With replay.store: redis and usage on, the store sharing ``book`` in the same Redis.
+
+    It has a client of its own (two connections, connected lazily): its flushes never queue
+    behind, or hold up, the replay checks of the request path.
+    Raises ValueError for an inconsistent Redis topology.
+    """
+    if settings.replay.store != "redis" or not settings.usage.enabled:
+        return None
+    client, sentinels = connect_redis(**_redis_topology(settings),
+                                      timeout=USAGE_STORE_TIMEOUT, max_connections=2,
+                                      socket_timeout=USAGE_STORE_TIMEOUT)
+    return RedisUsageStore(book, client, client_ids=client_ids, sentinels=sentinels,
+                           flush_interval=settings.usage.flush_interval,
+                           timeout=USAGE_STORE_TIMEOUT)

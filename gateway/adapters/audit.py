@@ -1,4 +1,5 @@
-"""The audit log: one JSON line per authentication decision, nothing secret in it."""
+"""The audit log: one JSON line per authentication decision or key-change event, nothing
+secret in it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from operator import attrgetter
 from typing import Protocol, TextIO
 
 from gateway.core.attempt import Attempt
+from gateway.core.key_events import KeyEvent
 
 
 @dataclass(slots=True)
@@ -84,6 +86,27 @@ def encode_line(time_text: str, record: AuditRecord) -> str:
     ])
 
 
+KEYS_CHANGED = "keys_changed"  # the `event` member of a key-change line
+
+
+def encode_event(time_text: str, event: KeyEvent) -> str:
+    """A key-change event as one JSON line (fields documented in the README).
+
+    ``time``, ``event`` (keys_changed: a decision line has no such member), ``client`` or
+    ``issuer``, ``source``, ``cause``, ``added`` and ``removed`` (thumbprints, possibly
+    empty), then ``expiring`` and ``not_after`` for ``certificate_expiring``. Written by
+    the same encoder as decisions, so the same escaping holds.
+    """
+    line: dict[str, object] = {"time": time_text, "event": KEYS_CHANGED,
+                               event.owner: event.name, "source": event.source,
+                               "cause": event.cause, "added": list(event.added),
+                               "removed": list(event.removed)}
+    if event.not_after is not None:
+        line["expiring"] = list(event.expiring)
+        line["not_after"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(event.not_after))
+    return _ENCODER.encode(line) + "\n"
+
+
 def _scalar(value: object) -> str:
     # What json writes for a number; anything else (bool, NaN, infinities, a str
     # subclass) goes through json itself.
@@ -153,6 +176,13 @@ class AuditLog:
         if self._stream is None:
             return
         self._pending.append(encode_line(self._timestamp(), record))
+        self._schedule_flush()
+
+    def write_event(self, event: KeyEvent) -> None:
+        """A key-change event, in order with the decisions around it."""
+        if self._stream is None:
+            return
+        self._pending.append(encode_event(self._timestamp(), event))
         self._schedule_flush()
 
     def reopen(self) -> str | None:

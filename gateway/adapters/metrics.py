@@ -79,6 +79,24 @@ class GatewayMetrics:
             "x5c leaves, or the leaf a CA-anchored client presented last).", ("client",),
             registry=r, multiprocess_mode="mostrecent")
         self._certificate_expiry: dict[str, float] = {}  # what the gauge holds, per client
+        # Key lifecycle per client, written off the request path (adapters.lifecycle_gauges)
+        # from the usage book and the key sets held. The last success only grows: the
+        # latest any live worker knows. The others are computed at each update: the freshest.
+        self.client_last_success = Gauge(
+            "pkjwt_client_last_success_timestamp_seconds",
+            "Unix time of the client's last successful authentication, with any credential.",
+            ("client",), registry=r, multiprocess_mode="livemax")
+        self.client_oldest_key_age = Gauge(
+            "pkjwt_client_oldest_key_age_seconds",
+            "Age of the client's oldest registered key, since the gateway first saw it.",
+            ("client",), registry=r, multiprocess_mode="livemostrecent")
+        self.client_unused_keys = Gauge(
+            "pkjwt_client_unused_keys",
+            "Registered keys of the client not used within policy.key_unused_after (0 while "
+            "that rule is off).", ("client",), registry=r, multiprocess_mode="livemostrecent")
+        self.client_keys = Gauge(
+            "pkjwt_client_keys", "Registered keys the client holds now.", ("client",),
+            registry=r, multiprocess_mode="livemostrecent")
         self.config_reloads = Counter(
             "pkjwt_config_reloads_total", "Configuration reloads.", ("result",), registry=r)
         for result in ("ok", "refused"):  # present at 0, so increase() sees the first one

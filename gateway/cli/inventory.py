@@ -1,204 +1,143 @@
-"""``pkjwt-gateway keys``: every client's key source, keys and certificates (remote sets
-fetched now)."""
+"""``pkjwt-gateway inventory``: a running gateway's credential inventory, as JSON or CSV.
+
+It reads ``GET /inventory`` on the admin listener (the document of
+``gateway.adapters.inventory``, described by ``config/inventory.schema.json``). The ``keys``
+verb, an inventory from the configuration alone, is ``gateway.cli.keys``.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import csv
+import io
 import json
-import time
-from dataclasses import asdict, dataclass, field
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
-from cryptography import x509
-
-from gateway.adapters.jwks_fetch import JwksFetchError, fetch_jwks, loggable_uri, new_jwks_session
-from gateway.config.settings import ClientSettings, Settings
-from gateway.config.yaml_dialect import join_path
-from gateway.core.key_certificates import (
-    KeyCertificate,
-    days_left,
-    describe_certificate,
-    expiry_warning,
+INVENTORY_PATH = "/inventory"
+FETCH_TIMEOUT = 10.0
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a gateway with very many clients stays far below
+# One row per credential (a client without any: one row, credential columns empty).
+CSV_COLUMNS = (
+    "client_id", "state", "owner", "contact", "description", "methods", "client_flags",
+    "last_success", "legacy_until", "kind", "ref", "present", "source", "kid", "name",
+    "issuer", "subject", "mode", "algorithms", "thumbprint", "not_after", "expiry", "retire",
+    "first_seen", "last_used", "uses", "flags",
 )
-from gateway.core.keyset import KeySet, import_jwks
+# Columns holding text that configuration or clients choose: a spreadsheet would run a
+# cell starting with one of FORMULA_STARTS as a formula, so such a cell gets a leading '.
+TEXT_COLUMNS = frozenset({"owner", "contact", "description", "kid", "name", "issuer",
+                          "subject"})
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-@dataclass
-class CertificateEntry:
-    """A key's x5c leaf, or a CA anchor of a certificate client; never key material."""
-
-    subject: str
-    issuer: str
-    serial: str
-    not_before: str
-    not_after: str
-    days_left: int
-    warning: str | None = None  # expiring within certificate_expiry_warning, or expired
+class InventoryError(Exception):
+    """The inventory could not be had: the message says why, for the operator."""
 
 
-@dataclass
-class KeyEntry:
-    kid: str | None
-    kty: str
-    algorithms: list[str]
-    thumbprint: str
-    certificate: CertificateEntry | None = None
+def inventory_url(admin: str) -> str:
+    """The inventory's URL from the admin listener's base URL (or the inventory's own URL).
+
+    Raises InventoryError for anything but an http(s) URL with a host.
+    """
+    parts = urllib.parse.urlsplit(admin)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InventoryError(f"--admin must be the admin listener's http(s) URL, such as "
+                             f"http://127.0.0.1:9100 (got {admin[:200]!r})")
+    path = parts.path.rstrip("/")
+    if not path.endswith(INVENTORY_PATH):
+        path += INVENTORY_PATH
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-@dataclass
-class TrustEntry:
-    name: str
-    issuer: str  # the name under federation.issuers
-    issuer_url: str | None
-    subject: str | None
-    subject_pattern: str | None
-    claims: list[str]  # the claims the trust pins (names only)
-    mode: str
-    replay: str
+def fetch_inventory(admin: str, timeout: float = FETCH_TIMEOUT) -> dict[str, Any]:
+    """The inventory document of the gateway whose admin listener is at ``admin``.
 
-
-@dataclass
-class ClientEntry:
-    client: str
-    enabled: bool
-    source: str
-    uri: str | None = None
-    fetched_at: str | None = None
-    cache_expires_at: str | None = None
-    error: str | None = None
-    keys: list[KeyEntry] = field(default_factory=list)
-    trusts: list[TrustEntry] = field(default_factory=list)
-    anchors: list[CertificateEntry] = field(default_factory=list)  # certificate: its ca_file
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-@dataclass(frozen=True)
-class _Expiry:
-    """When the inventory is taken, and how close an expiry must be to be warned about."""
-
-    now: float
-    within: float
-
-
-def _certificate_entry(certificate: KeyCertificate, expiry: _Expiry) -> CertificateEntry:
-    return CertificateEntry(
-        certificate.subject, certificate.issuer, certificate.serial,
-        _iso(certificate.not_before), _iso(certificate.not_after),
-        days_left(certificate.not_after, expiry.now),
-        expiry_warning(certificate.not_after, expiry.now, expiry.within))
-
-
-def _entries(keyset: KeySet, expiry: _Expiry) -> list[KeyEntry]:
-    return [KeyEntry(key.kid, str(key.key.key_type), sorted(key.algorithms), key.thumbprint,
-                     _certificate_entry(key.certificate, expiry)
-                     if key.certificate is not None else None)
-            for key in keyset.keys]
-
-
-def _describe_anchors(client_id: str, client: ClientSettings, expiry: _Expiry) -> ClientEntry:
-    """A certificate client: the trust anchors of its ca_file (read when loading)."""
-    entry = ClientEntry(client_id, client.enabled, "certificate")
-    assert client.certificate is not None
+    Raises InventoryError when it cannot be reached within ``timeout``, answers with an
+    error status, or answers something that is not an inventory.
+    """
+    url = inventory_url(admin)
     try:
-        anchors = x509.load_pem_x509_certificates(client.certificate.ca_file.data)
-        entry.anchors = [_certificate_entry(describe_certificate(anchor), expiry)
-                         for anchor in anchors]
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            raw = answer.read(MAX_ANSWER_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        hint = " (a gateway older than the inventory?)" if exc.code == 404 else ""
+        raise InventoryError(f"{url} answered {exc.code} {exc.reason}{hint}") from None
+    except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise InventoryError(f"cannot reach {url}: {reason}") from None
+    if len(raw) > MAX_ANSWER_BYTES:
+        raise InventoryError(f"{url} answered more than {MAX_ANSWER_BYTES} bytes")
+    try:
+        document = json.loads(raw)
     except ValueError:
-        entry.error = "certificate.ca_file: not a PEM bundle of certificates"
-    return entry
+        raise InventoryError(f"{url} did not answer JSON: is it a gateway's admin "
+                             "listener?") from None
+    if not isinstance(document, dict) or not isinstance(document.get("clients"), list):
+        raise InventoryError(f"{url} answered JSON that is no inventory (no clients list)")
+    return document
 
 
-async def collect_inventory(settings: Settings) -> list[ClientEntry]:
-    """Describe every client's keys; remote sets are fetched concurrently, once each."""
-    session = new_jwks_session(settings.jwks_fetch)
+def render_json(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def _cell(column: str, value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
+    text = str(value)
+    if column in TEXT_COLUMNS and text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
+def _rows(document: dict[str, Any]) -> Iterator[dict[str, object]]:
+    for client in document["clients"]:
+        legacy = client.get("legacy") or {}
+        common = {
+            "client_id": client.get("client_id"), "state": client.get("state"),
+            "owner": client.get("owner"), "contact": client.get("contact"),
+            "description": client.get("description"), "methods": client.get("methods"),
+            "client_flags": client.get("flags"), "last_success": client.get("last_success"),
+            "legacy_until": legacy.get("until"),
+        }
+        secrets = [{"kind": "secret", "ref": f"secret:{used.get('method')}",
+                    "present": bool(legacy) and used.get("method") in legacy.get("methods", ()),
+                    "source": "legacy_auth", **used} for used in client.get("secrets", [])]
+        credentials = [*client.get("credentials", []), *secrets]
+        for credential in credentials or [{}]:
+            yield {**common, **{column: credential.get(column) for column in CSV_COLUMNS
+                                if column in credential and column not in common}}
+
+
+def render_csv(document: dict[str, Any]) -> str:
+    """One row per credential (shared-secret use as kind ``secret``), columns CSV_COLUMNS;
+    lists are space-separated, null is empty, booleans are true/false."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for row in _rows(document):
+        writer.writerow([_cell(column, row.get(column)) for column in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def run_inventory(admin: str, output: str, timeout: float = FETCH_TIMEOUT) -> int:
+    """Print the inventory as ``output`` (json or csv): exit 0, or 2 (the reason on stderr)
+    when it cannot be had."""
     try:
-        return list(await asyncio.gather(
-            *(_describe(settings, client_id, session) for client_id in settings.clients)))
-    finally:
-        await session.close()
-
-
-def _trusts(settings: Settings, client_id: str) -> list[TrustEntry]:
-    issuers = settings.federation.issuers
-    return [TrustEntry(
-        trust.name, trust.issuer,
-        issuers[trust.issuer].issuer or issuers[trust.issuer].trust_domain
-        if trust.issuer in issuers else None,
-        trust.subject, trust.subject_pattern, sorted(trust.claims), trust.mode, trust.replay)
-        for trust in settings.clients[client_id].federated]
-
-
-async def _describe(settings: Settings, client_id: str, session: Any) -> ClientEntry:
-    entry = await _describe_keys(settings, client_id, session)
-    entry.trusts = _trusts(settings, client_id)
-    return entry
-
-
-async def _describe_keys(settings: Settings, client_id: str, session: Any) -> ClientEntry:
-    client = settings.clients[client_id]
-    expiry = _Expiry(time.time(), settings.effective_policy(client_id).certificate_expiry_warning)
-    if client.certificate is not None:
-        return _describe_anchors(client_id, client, expiry)
-    if not client.has_own_keys:
-        return ClientEntry(client_id, client.enabled, "federated")
-    if client.jwks_uri is None:
-        source, document = client.configured_jwks() or ("jwks", None)
-        imported = import_jwks(document, join_path(join_path("clients", client_id), source))
-        entry = ClientEntry(client_id, client.enabled, source,
-                            keys=_entries(imported.keyset, expiry))
-        if imported.problems:  # messages name members, never their values
-            entry.error = "; ".join(f"{path}: {message}" for path, message in imported.problems)
-        return entry
-    entry = ClientEntry(client_id, client.enabled, "jwks_uri", uri=loggable_uri(client.jwks_uri))
-    started = time.time()
-    try:
-        result = await fetch_jwks(session, client.jwks_uri, settings.jwks_fetch, None)
-    except JwksFetchError as exc:
-        entry.error = exc.reason
-        return entry
-    entry.fetched_at = _iso(started)
-    entry.cache_expires_at = _iso(started + result.lifetime)
-    entry.keys = _entries(result.keyset, expiry) if result.keyset is not None else []
-    return entry
-
-
-def _certificate_lines(title: str, certificate: CertificateEntry) -> list[str]:
-    indent = " " * (len(title) - len(title.lstrip()) + 2)
-    lines = [f"{title}: subject={certificate.subject} issuer={certificate.issuer} "
-             f"serial={certificate.serial}",
-             f"{indent}notBefore={certificate.not_before} notAfter={certificate.not_after} "
-             f"days_left={certificate.days_left}"]
-    if certificate.warning is not None:
-        lines.append(f"{indent}warning: certificate {certificate.warning}")
-    return lines
-
-
-def render_inventory(entries: list[ClientEntry], *, as_json: bool) -> str:
-    if as_json:
-        return json.dumps([asdict(entry) for entry in entries], indent=2)
-    lines = []
-    for entry in entries:
-        where = f" {entry.uri}" if entry.uri else ""
-        state = "" if entry.enabled else " (disabled)"
-        lines.append(f"{entry.client}{state}: {entry.source}{where}, {len(entry.keys)} key(s)")
-        if entry.fetched_at:
-            lines.append(f"  fetched {entry.fetched_at}, cache expires {entry.cache_expires_at}")
-        if entry.error:
-            lines.append(f"  fetch failed: {entry.error}" if entry.uri else f"  {entry.error}")
-        for key in entry.keys:
-            lines.append(f"  kid={key.kid or '-'} kty={key.kty} alg={','.join(key.algorithms)}"
-                         f" thumbprint={key.thumbprint}")
-            if key.certificate is not None:
-                lines += _certificate_lines("    certificate", key.certificate)
-        for anchor in entry.anchors:
-            lines += _certificate_lines("  ca anchor", anchor)
-        for trust in entry.trusts:
-            subject = (f"subject={trust.subject}" if trust.subject is not None
-                       else f"subject_pattern={trust.subject_pattern}")
-            pinned = f" claims={','.join(trust.claims)}" if trust.claims else ""
-            lines.append(f"  trust {trust.name}: issuer={trust.issuer} {subject}{pinned}"
-                         f" mode={trust.mode} replay={trust.replay}")
-    return "\n".join(lines)
+        document = fetch_inventory(admin, timeout)
+    except InventoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if output == "csv":
+        sys.stdout.write(render_csv(document))
+    else:
+        print(render_json(document))
+    return 0

@@ -1,4 +1,5 @@
-"""The command line: serve, check, schema, keygen, mint, keys, report, explain, demo."""
+"""The command line: serve, check, schema, keygen, mint, keys, report, explain, inventory,
+demo."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from typing import Any
 from gateway import __version__
 from gateway.adapters.assemble import build_ledger, build_runtime
 from gateway.adapters.certificate_expiry import certificate_expiry_warnings
+from gateway.adapters.key_lifecycle import key_lifecycle_warnings
 from gateway.cli.explain import run_explain
-from gateway.cli.inventory import collect_inventory, render_inventory
+from gateway.cli.inventory import FETCH_TIMEOUT, run_inventory
+from gateway.cli.keys import collect_inventory, render_inventory
 from gateway.cli.logs import configure_logging
 from gateway.cli.mint import (
     generate_key,
@@ -84,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     keys = verbs.add_parser("keys", help="list every client's keys (fetching remote sets)")
     keys.add_argument("--config", required=True, type=Path)
     keys.add_argument("--json", action="store_true", help="machine-readable output")
-    report = verbs.add_parser("report", help="which clients still use or try shared secrets")
+    report = verbs.add_parser("report", help="which clients still use or try shared secrets, "
+                                             "and which offboarded ones still try")
     report.add_argument("--config", required=True, type=Path)
     source = report.add_mutually_exclusive_group()
     source.add_argument("--metrics", metavar="URL",
@@ -104,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true")
     explain.add_argument("assertion", nargs="?", default="-", metavar="ASSERTION|-",
                          help="the client_assertion; - or nothing: read it from stdin")
+    inventory = verbs.add_parser("inventory", help="a running gateway's credential inventory "
+                                                   "with usage (its admin GET /inventory)")
+    inventory.add_argument("--admin", required=True, metavar="URL",
+                           help="the gateway's admin listener, e.g. http://127.0.0.1:9100")
+    inventory.add_argument("--format", choices=("json", "csv"), default="json",
+                           help="json: the document as served; csv: one row per credential")
+    inventory.add_argument("--timeout", type=_positive_seconds, default=FETCH_TIMEOUT,
+                           metavar="SECONDS", help=f"default {FETCH_TIMEOUT:g}")
     demo = verbs.add_parser("demo", help="the whole flow on loopback")
     demo.add_argument("--quiet", action="store_true")
     return parser
@@ -131,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keys_inventory(args.config, as_json=args.json)
     if verb == "report":
         return secrets_report(args)
+    if verb == "inventory":
+        return run_inventory(args.admin, args.format, args.timeout)
     if verb == "explain":
         return run_explain(args.config, args.assertion, endpoint=args.endpoint,
                            client_id=args.client_id, as_json=args.json)
@@ -143,6 +157,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 3600")
     return value
 
 
@@ -169,7 +193,9 @@ def check(path: Path, *, strict: bool, workers: int = 1, no_secrets: bool = Fals
     except (ValueError, OSError) as exc:
         print(f"error: {exc}")
         return EXIT_ERRORS
-    warnings = lint_settings(settings) + certificate_expiry_warnings(runtime, time.time())
+    now = time.time()
+    warnings = (lint_settings(settings) + certificate_expiry_warnings(runtime, now)
+                + key_lifecycle_warnings(runtime, now))
     shown = [warning for warning in warnings if not is_accepted(warning, accept)]
     for warning in shown:
         print(f"warning: {warning[0]}: {warning[1]} [{warning_id(warning)}]")

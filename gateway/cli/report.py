@@ -1,4 +1,5 @@
-"""``pkjwt-gateway report``: which clients still authenticate, or try to, with shared secrets."""
+"""``pkjwt-gateway report``: which clients still authenticate, or try to, with shared secrets,
+and which offboarded clients (``enabled: false``) still try."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import get_args
 
@@ -23,14 +24,19 @@ KEY_METHOD = "private_key_jwt"
 KEY_METHODS = frozenset({KEY_METHOD, "federated", "certificate"})
 SECRET_METHODS: tuple[str, ...] = get_args(SecretMethod)
 FETCH_TIMEOUT = 10.0
-# What the report counts: every accepted request, and refused ones that tried a secret
-# (secret_not_allowed, legacy_auth_expired: a configured client still sending its secret).
+DISABLED_REASON = "client_disabled"
+# The counts' result word for attempts of an offboarded client (reason client_disabled).
+OFFBOARDED = "offboarded"
+# What the report counts: every accepted request, refused ones that tried a secret
+# (secret_not_allowed, legacy_auth_expired: a configured client still sending its secret),
+# and every attempt of an offboarded client.
 COUNTED = (f'{AUTH_METRIC}{{result="accepted"}}',
-           f'{AUTH_METRIC}{{result="rejected", method=~"{"|".join(SECRET_METHODS)}"}}')
+           f'{AUTH_METRIC}{{result="rejected", method=~"{"|".join(SECRET_METHODS)}"}}',
+           f'{AUTH_METRIC}{{result="rejected", reason="{DISABLED_REASON}"}}')
 # A Prometheus duration: 30d, 12h, 1h30m.
 WINDOW = re.compile(r"(?:[0-9]+(?:ms|[smhdwy]))+")
 
-# (client, method, result) -> requests
+# (client, method, result) -> requests; result "offboarded": refused as client_disabled
 Counts = dict[tuple[str, str, str], float]
 
 
@@ -43,6 +49,9 @@ class ClientUsage:
     secret_requests: dict[str, float]  # accepted requests per shared-secret method
     key_requests: float
     refused_secret_requests: dict[str, float]  # refused secret attempts per method
+    enabled: bool = True
+    # enabled: false, and still trying: refused attempts (client_disabled) per method
+    offboarded_requests: dict[str, float] = field(default_factory=dict)
 
 
 def _fetch(url: str) -> str:
@@ -60,15 +69,20 @@ def parse_window(text: str) -> str:
 
 def counts_from_metrics(text: str) -> Counts:
     """Requests by (client, method, result) in a /metrics exposition (since its start): all
-    accepted ones, and refused ones that tried a shared secret."""
+    accepted ones, refused ones that tried a shared secret, and those of offboarded clients
+    (result ``offboarded``)."""
     counts: Counts = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if sample.name != AUTH_METRIC:
+                continue
             labels = sample.labels
+            client = labels.get("client", "")
             result, method = labels.get("result", ""), labels.get("method", KEY_METHOD)
-            tried = result == "rejected" and method in SECRET_METHODS
-            if sample.name == AUTH_METRIC and (result == "accepted" or tried):
-                counts[(labels.get("client", ""), method, result)] += sample.value
+            if result == "accepted" or (result == "rejected" and method in SECRET_METHODS):
+                counts[(client, method, result)] += sample.value
+            if result == "rejected" and labels.get("reason") == DISABLED_REASON:
+                counts[(client, method, OFFBOARDED)] += sample.value
     return counts
 
 
@@ -99,6 +113,7 @@ def counts_from_prometheus(base: str, window: str) -> Counts:
     """
     counts: Counts = {}
     for selector in COUNTED:
+        offboarded = DISABLED_REASON in selector
         query = window_count_query(selector, window)
         url = f"{base.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
         answer = json.loads(_fetch(url))
@@ -107,7 +122,8 @@ def counts_from_prometheus(base: str, window: str) -> Counts:
         for row in answer["data"]["result"]:
             labels = row["metric"]
             counts[(labels.get("client", ""), labels.get("method", KEY_METHOD),
-                    labels.get("result", ""))] = float(row["value"][1])
+                    OFFBOARDED if offboarded else labels.get("result", ""))] = float(
+                row["value"][1])
     return counts
 
 
@@ -118,22 +134,31 @@ def _secret_counts(counts: Counts, client_id: str, result: str) -> dict[str, flo
                 method in SECRET_METHODS if result == "rejected" else method not in KEY_METHODS)}
 
 
+def _offboarded_counts(counts: Counts, client_id: str) -> dict[str, float]:
+    return {method: value for (cid, method, res), value in counts.items()
+            if cid == client_id and res == OFFBOARDED and value > 0}
+
+
 def usage_report(settings: Settings, counts: Counts) -> list[ClientUsage]:
-    """One row per client allowed a secret, or seen authenticating or trying with one."""
+    """One row per enabled client allowed a secret, or seen authenticating or trying with
+    one, and per offboarded client (``enabled: false``) seen still trying."""
     today = datetime.now(UTC).date()
     rows = []
     for client_id, client in settings.clients.items():
         legacy = client.legacy_auth
         secret = _secret_counts(counts, client_id, "accepted")
         refused = _secret_counts(counts, client_id, "rejected")
-        if legacy is None and not secret and not refused:
+        offboarded = _offboarded_counts(counts, client_id)
+        if not client.enabled and not offboarded:
+            continue
+        if legacy is None and not secret and not refused and not offboarded:
             continue
         until = legacy.until if legacy else None
         days_left = (until - today).days if until is not None else None
         keys = sum(counts.get((client_id, m, "accepted"), 0.0) for m in KEY_METHODS)
         rows.append(ClientUsage(client_id, list(legacy.allow) if legacy else [],
                                 until.isoformat() if until else None, days_left, secret,
-                                keys, refused))
+                                keys, refused, client.enabled, offboarded))
     return rows
 
 
@@ -142,9 +167,15 @@ def render_report(rows: list[ClientUsage], *, as_json: bool) -> str:
     if as_json:
         return json.dumps([row.__dict__ for row in rows], indent=2)
     if not rows:
-        return "no client is allowed, seen using or seen trying a shared secret"
+        return ("no client is allowed, seen using or seen trying a shared secret, and no "
+                "offboarded client is seen trying")
     lines = []
     for row in rows:
+        if not row.enabled:
+            tried = ", ".join(f"{method} {value:g}" for method, value in sorted(
+                row.offboarded_requests.items()))
+            lines.append(f"{row.client}: offboarded (enabled: false), still trying: {tried}")
+            continue
         deadline = (f"until {row.until} ({row.days_left} day(s) left)" if row.until
                     else "no end date")
         used = ", ".join(f"{method} {value:g}" for method, value in sorted(

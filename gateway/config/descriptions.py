@@ -20,6 +20,8 @@ DESCRIPTIONS: dict[str, str] = {
     "Settings.replay": "The replay ledger that remembers accepted jti values.",
     "Settings.audit": "The audit log: one JSON line per authentication decision.",
     "Settings.log": "The operational log (always on stderr).",
+    "Settings.usage": "Usage per credential (first seen, last used, uses), shared in Redis "
+                      "with replay.store: redis.",
     "Settings.limits": "Request size, time and concurrency limits, and failure brakes.",
     "Settings.federation": "Platform issuers (CI/CD, Kubernetes, SPIFFE) whose workload "
                            "tokens clients may use as their assertion.",
@@ -52,6 +54,14 @@ DESCRIPTIONS: dict[str, str] = {
                                                  "check warns and the alert fires.",
     "PolicySettings.refuse_expired_certificates": "Refuse a registered key whose x5c "
                                                   "certificate has expired.",
+    "PolicySettings.key_max_age": "A key first seen longer ago than this is flagged old "
+                                  "(e.g. 365d); unset: off.",
+    "PolicySettings.key_unused_after": "A key not used for longer than this is flagged "
+                                       "unused (e.g. 30d); unset: off.",
+    "PolicySettings.client_dormant_after": "A client without a successful authentication for "
+                                           "longer than this is dormant (e.g. 90d); unset: off.",
+    "PolicySettings.max_keys_per_client": "More registered keys than this is warned about; "
+                                          "unset: off.",
     # jwks_fetch
     "JwksFetchSettings.timeout": "Budget of one key-set fetch, redirects and body included.",
     "JwksFetchSettings.min_ttl": "Shortest time a fetched key set is cached.",
@@ -85,6 +95,11 @@ DESCRIPTIONS: dict[str, str] = {
                             "SIGUSR1).",
     "LogSettings.format": "text or json lines.",
     "LogSettings.level": "Least severe level logged.",
+    # usage
+    "UsageSettings.enabled": "Count each accepted authentication per credential (false: "
+                             "nothing is recorded).",
+    "UsageSettings.flush_interval": "How often each process merges its usage counts into "
+                                    "Redis and reads every replica's back (1s to 5m).",
     # limits
     "LimitSettings.max_body_bytes": "Largest request body accepted on an endpoint.",
     "LimitSettings.max_line_size": "Longest request line.",
@@ -114,14 +129,29 @@ DESCRIPTIONS: dict[str, str] = {
                                                  "for this client.",
     "ClientSettings.refuse_expired_certificates": "Overrides "
                                                   "policy.refuse_expired_certificates.",
-    "ClientSettings.enabled": "false: the client is refused as unknown (its keys still "
-                              "checked).",
+    "ClientSettings.key_max_age": "Overrides policy.key_max_age for this client.",
+    "ClientSettings.key_unused_after": "Overrides policy.key_unused_after for this client.",
+    "ClientSettings.client_dormant_after": "Overrides policy.client_dormant_after for this "
+                                           "client.",
+    "ClientSettings.max_keys_per_client": "Overrides policy.max_keys_per_client for this "
+                                          "client.",
+    "ClientSettings.key_expiry": "Registered keys by kid or RFC 7638 thumbprint, each with "
+                                 "the last day (UTC) it is accepted; refused from the next.",
+    "ClientSettings.retire": "Keys being rotated out, by kid or thumbprint: accepted (and "
+                             "their uses counted) through this day (UTC), refused after.",
+    "ClientSettings.enabled": "false: the client is offboarded, refused like an unknown one "
+                              "(reason client_disabled; its keys still checked).",
     "ClientSettings.allow_assertion_reuse": "Accept the byte-identical assertion again until "
                                             "it expires (clients that re-send one).",
     "ClientSettings.legacy_auth": "Migration mode: shared secrets still let through, until a "
                                   "date.",
     "ClientSettings.federated": "Platform identities accepted as this client's assertion.",
     "ClientSettings.certificate": "A CA-anchored certificate identity (x5c in the assertion).",
+    "ClientSettings.owner": "Who owns this client (a team, a person): shown by the inventory "
+                            "(GET /inventory), never in metrics.",
+    "ClientSettings.contact": "Whom to reach about this client (an address, a channel): "
+                              "shown by the inventory only.",
+    "ClientSettings.description": "What this client is for: shown by the inventory only.",
     "BackendAuthSettings.method": "client_secret_basic, client_secret_post or none.",
     "BackendAuthSettings.secret": "The backend secret: the name of an environment variable, "
                                   "written secret: !env NAME (never the secret inline).",

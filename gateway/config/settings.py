@@ -88,6 +88,12 @@ class BackendSettings(Frozen):
     keepalive: Duration = duration_field("4s", ge=0)
 
 
+# A lifecycle duration: days are the natural unit (90d).
+LifecycleAge = Annotated[Duration, Field(gt=0)]
+# A key named by its kid or its RFC 7638 thumbprint -> the last day (UTC) it is accepted.
+KeyDates = dict[Annotated[StrictStr, Field(min_length=1, max_length=256)], date]
+
+
 class PolicySettings(Frozen):
     algorithms: Algorithms = DEFAULT_ALGORITHMS
     max_lifetime: Lifetime = duration_field("300s")
@@ -98,6 +104,11 @@ class PolicySettings(Frozen):
     certificate_expiry_warning: Duration = duration_field("14d", ge=0)
     # true: a registered key whose x5c leaf has expired (plus clock_skew) stops verifying.
     refuse_expired_certificates: bool = False
+    # Key lifecycle, each off unless set: shown by check, keys, the inventory and the gauges.
+    key_max_age: LifecycleAge | None = None  # a key first seen longer ago is old
+    key_unused_after: LifecycleAge | None = None  # a key not used for longer is unused
+    client_dormant_after: LifecycleAge | None = None  # no successful authentication for longer
+    max_keys_per_client: Annotated[int, Field(ge=1)] | None = None
 
 
 class JwksFetchSettings(Frozen):
@@ -194,6 +205,12 @@ class AuditSettings(Frozen):
         return output
 
 
+class UsageSettings(Frozen):
+    # Usage per credential (first seen, last used, uses); with replay.store: redis, shared.
+    enabled: bool = True
+    flush_interval: Duration = duration_field("5s", ge=1, le=300)
+
+
 class LogSettings(Frozen):
     # The operational log (stderr): plain text or one JSON object per line, times in UTC.
     format: Literal["text", "json"] = "text"
@@ -251,6 +268,13 @@ class ClientSettings(Frozen):
     require_typ: bool | None = None
     certificate_expiry_warning: Annotated[Duration, Field(ge=0)] | None = None
     refuse_expired_certificates: bool | None = None
+    key_max_age: LifecycleAge | None = None
+    key_unused_after: LifecycleAge | None = None
+    client_dormant_after: LifecycleAge | None = None
+    max_keys_per_client: Annotated[int, Field(ge=1)] | None = None
+    # Registered keys' ends: from the day after its date (00:00 UTC) a key is refused.
+    key_expiry: KeyDates = Field(default_factory=dict)
+    retire: KeyDates = Field(default_factory=dict)  # the end of a rotation overlap
     enabled: bool = True
     # Accept the byte-identical assertion again until it expires (MSAL re-sends one).
     allow_assertion_reuse: bool = False
@@ -259,6 +283,10 @@ class ClientSettings(Frozen):
     federated: FederatedTrusts = ()
     # A certificate a configured CA issued, sent in each assertion's x5c (instead of jwks*).
     certificate: CertificateSettings | None = None
+    # Who answers for the client: shown by the inventory only, never in metrics or logs.
+    owner: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None
+    contact: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None
+    description: Annotated[StrictStr, Field(min_length=1, max_length=1000)] | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> ClientSettings:
@@ -269,6 +297,17 @@ class ClientSettings(Frozen):
         if len(given) > 1 or (not given and self.certificate is None and not self.federated):
             raise ValueError("needs a certificate, or exactly one of jwks, jwks_file, jwks_uri "
                              f"(has {len(given)}), and/or federated trusts")
+        return self
+
+    @model_validator(mode="after")
+    def _key_dates(self) -> ClientSettings:
+        if (self.key_expiry or self.retire) and not self.has_own_keys:
+            raise ValueError("key_expiry and retire name registered keys: the client needs "
+                             "jwks, jwks_file or jwks_uri")
+        both = sorted(self.key_expiry.keys() & self.retire.keys())
+        if both:
+            raise ValueError(f"{both[0]!r} is in both key_expiry and retire: a key ends once, "
+                             "keep one")
         return self
 
     @property
@@ -301,6 +340,7 @@ class Settings(Frozen):
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     federation: FederationSettings = Field(default_factory=FederationSettings)
     clients: Annotated[dict[ClientId, ClientSettings], Field(min_length=1)]

@@ -9,7 +9,7 @@ collaborators, and reads the outcome (an Approval, or the ``attempt`` of the err
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from time import perf_counter
 from time import time as wall_time
@@ -110,11 +110,12 @@ class Authenticator:
 
     async def authenticate(
         self, request: TokenRequest, clients: Mapping[str, ClientRuntime],
-        federation: Federation = NO_FEDERATION,
+        federation: Federation = NO_FEDERATION, disabled: Set[str] = frozenset(),
     ) -> Approval:
         """Authenticate ``request`` against ``clients`` and the declared ``federation``
         issuers (both read once: a reload does not change them); the caller has checked
-        ``admit(request.remote)`` before reading the body.
+        ``admit(request.remote)`` before reading the body. A client named in ``disabled``
+        (configured, offboarded) is refused as ``client_disabled`` under its own id.
 
         Raises GatewayError (InvalidRequest, InvalidClient, TooManyRequests,
         TemporarilyUnavailable) with ``attempt`` set; every InvalidClient spends a token of
@@ -128,9 +129,9 @@ class Authenticator:
                                   has_authorization=request.authorization is not None,
                                   query_string=request.query_string, max_body=self.max_body)
             except UnsupportedAuthMethod as refusal:
-                return self._admit_secret(request, clients, attempt, refusal)
+                return self._admit_secret(request, clients, attempt, refusal, disabled)
             return await self._authenticate_assertion(request, form, clients, federation,
-                                                      attempt)
+                                                      attempt, disabled)
         except GatewayError as error:
             error.attempt = attempt
             if isinstance(error, InvalidClient):  # failed authentications slow down
@@ -145,7 +146,7 @@ class Authenticator:
 
     async def _authenticate_assertion(
         self, request: TokenRequest, form: TokenForm, clients: Mapping[str, ClientRuntime],
-        federation: Federation, attempt: Attempt,
+        federation: Federation, attempt: Attempt, disabled: Set[str],
     ) -> Approval:
         clock = self.clock
         started = clock.monotonic()
@@ -157,9 +158,9 @@ class Authenticator:
                 federation.by_trust_domain else None
             if issuer is not None or form.assertion_type == SPIFFE_ASSERTION_TYPE:
                 client, credential = self._resolve_federated(form, parsed, issuer, clients,
-                                                             federation, attempt)
+                                                             federation, attempt, disabled)
             else:
-                client = self._resolve(form, parsed, clients, attempt)
+                client = self._resolve(form, parsed, clients, attempt, disabled)
                 credential = client.credential_for(parsed)
             attempt.credential = credential.name
             now = clock.time()
@@ -181,7 +182,7 @@ class Authenticator:
 
     def _resolve(
         self, form: TokenForm, parsed: ParsedAssertion, clients: Mapping[str, ClientRuntime],
-        attempt: Attempt,
+        attempt: Attempt, disabled: Set[str],
     ) -> ClientRuntime:
         """The client the request names (client_id, else the assertion's sub), if not braked."""
         iss = parsed.claims.get("iss")
@@ -198,7 +199,7 @@ class Authenticator:
         if client is None:
             if third_party and form.client_id is None:
                 raise InvalidClient(Reason.UNKNOWN_ISSUER, untrusted(iss) or "")
-            raise InvalidClient(Reason.UNKNOWN_CLIENT, untrusted(claimed) or "")
+            raise _unknown_client(claimed, disabled, attempt)
         attempt.client = client.client_id
         self._check_client_brake(client)
         return client
@@ -206,6 +207,7 @@ class Authenticator:
     def _resolve_federated(
         self, form: TokenForm, parsed: ParsedAssertion, issuer: FederationIssuer | None,
         clients: Mapping[str, ClientRuntime], federation: Federation, attempt: Attempt,
+        disabled: Set[str],
     ) -> tuple[ClientRuntime, AssertionCredential]:
         """The client and its trusts in the token's issuer: client_id names the client, else
         the exact (issuer, subject) must name exactly one. Nothing is guessed."""
@@ -220,7 +222,7 @@ class Authenticator:
         if form.client_id is not None:
             client = clients.get(form.client_id)
             if client is None:
-                raise InvalidClient(Reason.UNKNOWN_CLIENT, untrusted(form.client_id) or "")
+                raise _unknown_client(form.client_id, disabled, attempt)
         else:
             trusted_by = federation.exact.get((issuer.name, subject or ""), ())
             named = [client_id for client_id in trusted_by if client_id in clients]
@@ -267,7 +269,7 @@ class Authenticator:
 
     def _admit_secret(
         self, request: TokenRequest, clients: Mapping[str, ClientRuntime], attempt: Attempt,
-        refusal: UnsupportedAuthMethod,
+        refusal: UnsupportedAuthMethod, disabled: Set[str],
     ) -> Approval:
         """Migration mode: a shared secret from a client still allowed one goes through as it
         came (the backend checks the secret, nothing here verifies it). A configured client
@@ -280,6 +282,9 @@ class Authenticator:
         attempt.method = claim.method
         client = clients.get(claim.client_id)
         if client is None:
+            if claim.client_id in disabled:  # offboarded, still sending its secret
+                attempt.client = claim.client_id
+                raise UnsupportedAuthMethod(Reason.CLIENT_DISABLED, "enabled: false")
             raise refusal
         attempt.client = client.client_id
         legacy = client.legacy
@@ -290,3 +295,15 @@ class Authenticator:
         if legacy.deadline is not None and self.clock.time() >= legacy.deadline:
             raise InvalidClient(Reason.LEGACY_AUTH_EXPIRED, f"{claim.method} after its sunset")
         return Approval(client=client, attempt=attempt, form=None, legacy=legacy)
+
+
+def _unknown_client(claimed: str | None, disabled: Set[str], attempt: Attempt) -> InvalidClient:
+    """``unknown_client``; for a configured client with enabled: false, ``client_disabled``
+    under its own id (a bounded label: the report lists offboarded clients still trying).
+
+    The public answer is the same: an offboarded client learns nothing it did not know.
+    """
+    if claimed is not None and claimed in disabled:
+        attempt.client = claimed
+        return InvalidClient(Reason.CLIENT_DISABLED, "enabled: false")
+    return InvalidClient(Reason.UNKNOWN_CLIENT, untrusted(claimed) or "")

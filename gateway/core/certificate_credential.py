@@ -73,6 +73,10 @@ class ChainCache:
             return None
         return found
 
+    def leaves(self, now: float) -> tuple[CertifiedLeaf, ...]:
+        """The outcomes held and still valid at ``now`` (for the inventory), oldest first."""
+        return tuple(held for held in self._entries.values() if now < held.chain.expires_at)
+
     def put(self, key: Hashable, certified: CertifiedLeaf) -> None:
         if key not in self._entries and len(self._entries) >= self.max_entries:
             del self._entries[next(iter(self._entries))]

@@ -22,6 +22,7 @@ from gateway.core.assertion import (
 from gateway.core.attempt import Attempt
 from gateway.core.errors import TemporarilyUnavailable
 from gateway.core.keysource import KeySource
+from gateway.core.lifecycle import KeyDeadlines, check_key_deadline
 from gateway.core.reasons import Reason
 
 
@@ -90,6 +91,8 @@ class RegisteredKeys:
 
     Replay mode: each jti once per client until exp + clock_skew; with ``allow_reuse``
     the byte-identical assertion may come again (MSAL re-sends one), nothing else.
+    A key past its ``key_expiry`` or ``retire`` date is refused (``key_expired``) once it
+    has verified the signature, whatever its source serves.
     """
 
     kind: ClassVar[str] = "registered_keys"
@@ -98,6 +101,8 @@ class RegisteredKeys:
     source: KeySource
     policies: Mapping[str, AssertionPolicy]  # per endpoint path
     allow_reuse: bool = False
+    # key_expiry and retire, by kid or thumbprint; None (most clients): nothing to check.
+    deadlines: KeyDeadlines | None = None
 
     @property
     def name(self) -> str:
@@ -114,7 +119,11 @@ class RegisteredKeys:
         keys = self.source.current()
         if keys is None:
             raise TemporarilyUnavailable(Reason.KEYS_UNAVAILABLE)
-        return verify_assertion(parsed, keys, self.policies[endpoint], now)
+        verified = verify_assertion(parsed, keys, self.policies[endpoint], now)
+        if self.deadlines is not None:
+            check_key_deadline(self.deadlines, verified.kid, verified.key_thumbprint, now,
+                               attempt)
+        return verified
 
     async def verify_after_refresh(
         self, parsed: ParsedAssertion, endpoint: str, now: float, attempt: Attempt
@@ -124,7 +133,11 @@ class RegisteredKeys:
         fresh = await self.source.refresh_for_unknown_kid()
         if fresh is None or fresh is held:
             return None
-        return verify_assertion(parsed, fresh, self.policies[endpoint], now)
+        verified = verify_assertion(parsed, fresh, self.policies[endpoint], now)
+        if self.deadlines is not None:
+            check_key_deadline(self.deadlines, verified.kid, verified.key_thumbprint, now,
+                               attempt)
+        return verified
 
     def replay_entry(
         self, verified: VerifiedAssertion, assertion: str, endpoint: str

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     UNSUPPORTED_AUTH_METHOD = "unsupported_auth_method"
     SECRET_NOT_ALLOWED = "secret_not_allowed"  # a configured client, a secret method not allowed
     UNKNOWN_CLIENT = "unknown_client"
+    CLIENT_DISABLED = "client_disabled"  # a configured client with enabled: false (offboarded)
     LEGACY_AUTH_EXPIRED = "legacy_auth_expired"
     MALFORMED = "malformed"
     BAD_HEADER = "bad_header"
@@ -45,6 +46,7 @@ class Reason(StrEnum):
     MISSING_TYP = "missing_typ"
     NO_MATCHING_KEY = "no_matching_key"
     BAD_SIGNATURE = "bad_signature"
+    KEY_EXPIRED = "key_expired"  # the key that verified is past its key_expiry or retire date
     CERTIFICATE_KEY_MISMATCH = "certificate_key_mismatch"
     CERTIFICATE_EXPIRED = "certificate_expired"  # past its notAfter, plus the clock skew
     # CA-anchored clients: the x5c chain, its revocation, the leaf's subject or SAN.

@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,16 @@ from gateway.adapters.assemble import (
     RuntimeSlot,
     build_ledger,
     build_runtime,
+    build_usage_store,
     close_sources,
     start_sources,
 )
 from gateway.adapters.audit import AuditLog, AuditSink
 from gateway.adapters.certificate_expiry import registered_certificate_expiry
+from gateway.adapters.inventory import build_inventory
 from gateway.adapters.jwks_fetch import new_jwks_session
+from gateway.adapters.key_watch import CHECK_INTERVAL, KeyWatch
+from gateway.adapters.lifecycle_gauges import LifecycleGauges, keep_updated
 from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
 from gateway.adapters.upstream import new_upstream
 from gateway.config.errors import ConfigError
@@ -37,6 +43,7 @@ from gateway.config.loading import load_settings
 from gateway.config.settings import JwksFetchSettings, Settings
 from gateway.core.client_address import TrustedProxies
 from gateway.core.replay import ReplayLedger
+from gateway.core.usage import UsageBook
 from gateway.web.handlers import PublicHandler
 from gateway.web.state import Guards, new_authenticator
 from gateway.web.tls import load_certificate, new_server_context
@@ -44,7 +51,7 @@ from gateway.web.tls import load_certificate, new_server_context
 log = logging.getLogger("gateway")
 
 # Settings a running process cannot change: a reload applies the rest and says so.
-RESTART_ONLY = ("listen", "admin", "backend", "replay", "audit", "log", "limits")
+RESTART_ONLY = ("listen", "admin", "backend", "replay", "audit", "log", "limits", "usage")
 
 
 class Gateway:
@@ -59,8 +66,13 @@ class Gateway:
         audit_stream: AuditSink | None = sys.stdout,
         config_path: Path | None = None,
         worker: int | None = None,
+        clock: Callable[[], float] = time.time,
+        key_check_interval: float = CHECK_INTERVAL,
     ) -> None:
         """Build both listeners' handlers; resources are opened by start() and closed by stop().
+
+        ``clock`` is the wall clock of key dates and certificate warnings (tests move it);
+        ``key_check_interval`` the seconds between two looks at what time alone changes.
 
         Raises ConfigError when a key set or the TLS files cannot be loaded, ValueError for
         an inconsistent replay store.
@@ -71,6 +83,11 @@ class Gateway:
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.ledger = ledger if ledger is not None else build_ledger(
             settings, on_reset=self.metrics.replay_ledger_resets.inc)
+        # Usage per credential; with replay.store: redis, merged with every other process's.
+        self.usage = UsageBook()
+        self.clock = clock  # wall time of usage, key dates and the inventory (tests move it)
+        self.usage_store = build_usage_store(
+            settings, self.usage, lambda: self.slot.current.settings.clients.keys())
         self.config_path = config_path
         self.worker = worker  # this process's slot under `serve --workers N`
         self.supervised = worker is not None
@@ -89,6 +106,19 @@ class Gateway:
         self.handler = PublicHandler(self.slot, guards, new_authenticator(limits, self.ledger),
                                      self.metrics, AuditLog(audit_stream),
                                      TrustedProxies(settings.listen.trusted_proxies))
+        if settings.usage.enabled:
+            self.handler.usage = self.usage
+            self.handler.usage_clock = clock
+        # Key-change events go to the audit log, written by one worker of several (each
+        # worker sees the same configuration and fetches the same sets); every worker tells
+        # its usage book which keys and trusts it holds (their first sighting).
+        self.key_watch = KeyWatch(
+            self.handler.audit.write_event if self.counts_reloads else None,
+            observe=self.usage.observe if settings.usage.enabled else None,
+            clock=clock, interval=key_check_interval)
+        # Per-client key lifecycle gauges: every scrape and every 15 s, off the request path.
+        self.lifecycle_gauges = LifecycleGauges(self.metrics)
+        self._lifecycle_task: asyncio.Task[None] | None = None
         # The public listener's HTTP/1.1 server settings: request framing and limits.
         self.server_args: dict[str, Any] = {
             "auto_decompress": False, "max_line_size": limits.max_line_size,
@@ -107,6 +137,10 @@ class Gateway:
         """
         self.handler.upstream = new_upstream(self.slot.current.settings.backend, self.metrics)
         await self._install(self.slot.current.settings)
+        await self.key_watch.start()
+        if self.usage_store is not None:
+            await self.usage_store.start()  # the shared view first (bounded), then every flush
+        self._lifecycle_task = asyncio.create_task(keep_updated(self.update_lifecycle_gauges))
         if not await self.ledger.ping():
             log.warning("replay ledger (%s) not reachable at start-up: requests get 503 "
                         "until it is", self.ledger.name)
@@ -114,10 +148,22 @@ class Gateway:
     async def stop(self) -> None:
         """Close what start() opened, in reverse, once requests in flight have finished."""
         self.metrics.flush()  # what the last requests counted
+        if self._lifecycle_task is not None:
+            self._lifecycle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lifecycle_task
+            self._lifecycle_task = None
+        if self.usage_store is not None:
+            await self.usage_store.close()  # what the last requests used goes to Redis
         await self.ledger.close()
+        await self.key_watch.close()
         await self._close()
         if self.handler.upstream is not None:
             await self.handler.upstream.close()
+
+    def update_lifecycle_gauges(self) -> None:
+        """The per-client key lifecycle gauges from the usage book and the keys held now."""
+        self.lifecycle_gauges.update(self.slot.current, self.handler.usage, self.clock())
 
     def public_runner(self, **kwargs: Any) -> PublicRunner:
         """A runner for the public listener (aiohttp's low-level server, this gateway's handler).
@@ -127,13 +173,18 @@ class Gateway:
         return PublicRunner(self, **kwargs)
 
     def _hooks(self, session: aiohttp.ClientSession) -> RemoteKeys:
-        metrics = self.metrics
-        return RemoteKeys(
-            session,
-            on_fetch=metrics.count_fetch,
-            on_keys=lambda client, count: metrics.jwks_keys.labels(client).set(count),
-            on_certificates=metrics.set_certificate_expiry,
-        )
+        metrics, watch = self.metrics, self.key_watch
+
+        def fetched(name: str, result: str) -> None:
+            metrics.count_fetch(name, result)
+            watch.seen(name)
+
+        def keys(name: str, count: int) -> None:
+            metrics.jwks_keys.labels(name).set(count)
+            watch.seen(name)
+
+        return RemoteKeys(session, on_fetch=fetched, on_keys=keys,
+                          on_certificates=metrics.set_certificate_expiry)
 
     async def _install(self, settings: Settings) -> None:
         """Build and start a runtime for ``settings`` and put it in force.
@@ -153,6 +204,7 @@ class Gateway:
             raise
         await start_sources(new, previous=old)
         self.slot.current = new
+        self.key_watch.install(new)
         await close_sources(old, keep=new)
         if renew:
             if self._jwks is not None:
@@ -286,7 +338,7 @@ def exposition_registry(metrics: GatewayMetrics) -> CollectorRegistry:
 
 
 def create_admin_app(gateway: Gateway) -> web.Application:
-    """/metrics, /healthz, /readyz and POST /reload, served on the admin listener only."""
+    """/metrics, /healthz, /readyz, /inventory and POST /reload, on the admin listener only."""
     admin = web.Application()
 
     async def healthz(_: web.Request) -> web.Response:
@@ -324,13 +376,23 @@ def create_admin_app(gateway: Gateway) -> web.Application:
         return web.json_response({"status": "reloaded",
                                   "clients": sorted(gateway.slot.current.clients)})
 
+    async def inventory(_: web.Request) -> web.Response:
+        # The usage book as it stands: with Redis, merged at the last flush.
+        scope = ("off" if gateway.handler.usage is None
+                 else "shared" if gateway.usage_store is not None else "process")
+        document = build_inventory(gateway.slot.current, gateway.usage, gateway.clock(),
+                                   usage_scope=scope)
+        return web.json_response(document, headers={"Cache-Control": "no-store"})
+
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_post("/reload", reload)
+    admin.router.add_get("/inventory", inventory)
     exposition = make_aiohttp_handler(exposition_registry(gateway.metrics))
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         gateway.metrics.flush()  # this process's share is exact at every scrape
+        gateway.update_lifecycle_gauges()
         return await exposition(request)
 
     admin.router.add_get("/metrics", metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import HttpVersion11, web
 
@@ -34,6 +35,7 @@ from gateway.core.errors import (
     UntrustedFraming,
 )
 from gateway.core.reasons import Reason
+from gateway.core.usage import UsageBook, credential_ref
 from gateway.web.discovery import BACKEND_REQUEST_SKIP, serve_discovery
 from gateway.web.exchange import error_response, read_body, request_id_of
 from gateway.web.state import Guards
@@ -65,6 +67,8 @@ class PublicHandler:
         self.metrics, self.audit = metrics, audit
         self.trusted = trusted  # listen.trusted_proxies, parsed once (restart to change)
         self.upstream: Upstream | None = None  # the backend pool, opened when serving starts
+        self.usage: UsageBook | None = None  # usage per credential; None: not recorded
+        self.usage_clock: Callable[[], float] = time.time
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Route on the raw path, byte for byte: what is matched is exactly what is forwarded."""
@@ -152,7 +156,7 @@ class PublicHandler:
                 authorization=request.headers.get("Authorization"),
                 query_string=request.query_string, remote=origin.address)
             outcome = await self.authenticator.authenticate(token_request, runtime.clients,
-                                                            runtime.federation)
+                                                            runtime.federation, runtime.disabled)
             headers, forwarded = self._rewrite(request, request_id, body, outcome, origin)
             try:
                 response, backend_status = await self._upstream().forward(
@@ -209,6 +213,11 @@ class PublicHandler:
             if attempt.certificate_not_after is not None and attempt.client is not None:
                 # A CA-anchored client's leaf; the gauge is written only when it changed.
                 metrics.set_certificate_expiry(attempt.client, attempt.certificate_not_after)
+            usage = self.usage
+            if usage is not None and result == "accepted" and attempt.client is not None:
+                ref = credential_ref(attempt)
+                if ref is not None:  # one dict update; shared in Redis in the background
+                    usage.record(attempt.client, ref, self.usage_clock())
         metrics.count_auth(record.client or UNKNOWN_CLIENT, path, result, reason,
                            record.method or PRIVATE_KEY_JWT)
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)

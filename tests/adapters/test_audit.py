@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.adapters.audit import AuditLog, AuditRecord, encode_line
 from gateway.core.attempt import untrusted
+from gateway.core.key_events import CERTIFICATE_EXPIRING, CLIENT, FETCH, ISSUER, KeyEvent
 
 
 class CountingStream(io.StringIO):
@@ -119,3 +120,22 @@ def test_a_written_line_is_what_json_writes(record: AuditRecord) -> None:
     line = stream.getvalue()
     entry: dict[str, Any] = json.loads(line)
     assert line == dict_encoder_line(entry["time"], record)
+
+
+def test_a_key_change_event_is_one_escaped_line_told_from_decisions() -> None:
+    stream = CountingStream()
+    log = AuditLog(stream)
+    name = 'x"}\n{"result":"accepted","reason":"ok"}\r\u2028é'
+    log.write_event(KeyEvent(ISSUER, name, "jwks", CERTIFICATE_EXPIRING,
+                             expiring=("t1", "t2"), not_after=1_782_863_999.0))
+    log.write_event(KeyEvent(CLIENT, "acme", "jwks_uri", FETCH, added=("t3",), removed=("t1",)))
+    text = stream.getvalue()
+    assert text.isascii() and text.count("\n") == 2
+    first, second = map(json.loads, text.splitlines())
+    assert first == {"time": first["time"], "event": "keys_changed", "issuer": name,
+                     "source": "jwks", "cause": "certificate_expiring", "added": [],
+                     "removed": [], "expiring": ["t1", "t2"],
+                     "not_after": "2026-06-30T23:59:59Z"}
+    assert list(second) == ["time", "event", "client", "source", "cause", "added", "removed"]
+    assert second["added"] == ["t3"] and second["removed"] == ["t1"]
+    assert "request_id" not in first and "reason" not in second

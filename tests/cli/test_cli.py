@@ -216,8 +216,9 @@ async def test_audit_lines_go_to_the_configured_file(backend: Backend, tmp_path:
         assert served.proc.stdout is not None
         assert served.proc.stdout.read() == b""  # nothing on stdout: the lines went to the file
         served.proc.stdout.close()
-    [line] = (tmp_path / "audit.log").read_text().splitlines()
-    assert json.loads(line)["reason"] == "no_client_auth"
+    started, refused = map(json.loads, (tmp_path / "audit.log").read_text().splitlines())
+    assert (started["event"], started["cause"]) == ("keys_changed", "start")
+    assert refused["reason"] == "no_client_auth"
 
 
 # -- First steps without tracebacks, checks without secrets ---------------------------------

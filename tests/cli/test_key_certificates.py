@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gateway.cli.inventory import collect_inventory, render_inventory
+from gateway.cli.keys import collect_inventory, render_inventory
 from gateway.cli.main import check, keys_inventory
 from gateway.config.loading import load_settings
 from tests.conftest import BACKEND_SECRET, gateway_yaml

@@ -114,7 +114,8 @@ async def test_a_backend_outage_is_a_warning_and_audit_lines_stay_on_stdout(
     assert all(UTC_TIME.match(line["time"]) for line in log)
     assert {line["level"] for line in log} <= {"warning", "error"}  # no info line
     assert all("the-clients-secret" not in json.dumps(line) for line in log)
-    [audit] = [json.loads(text) for text in served.stdout.read_text().splitlines()]
+    started, audit = [json.loads(text) for text in served.stdout.read_text().splitlines()]
+    assert started["event"] == "keys_changed" and "level" not in started
     assert audit["backend_error"] == "backend_unreachable" and "level" not in audit
 
 

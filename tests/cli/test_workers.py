@@ -161,3 +161,27 @@ async def test_every_workers_scrape_shows_the_sum_of_all_workers(workers: Worker
         [line] = [line for line in text.splitlines() if line.startswith(wanted)]
         seen_values.add(float(line.rsplit(" ", 1)[1]))
     assert seen_values == {float(sent)}
+
+
+async def test_the_lifecycle_gauges_are_not_summed_over_workers(workers: Workers) -> None:
+    statuses = await asyncio.gather(*(workers.post(workers.assertion()) for _ in range(6)))
+    assert statuses == [200] * 6
+    successes = 0
+    deadline = time.monotonic() + 30
+    # Separate connections: the scrapes land on either worker. A worker that served none
+    # of the requests learns of them at the next merge (usage.flush_interval) or update.
+    while successes < 4:
+        assert time.monotonic() < deadline, "no last-success gauge after the requests"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            async with s.get(f"http://127.0.0.1:{workers.admin}/metrics") as response:
+                text = await response.text()
+        values = {line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
+                  for line in text.splitlines()
+                  if line.startswith("pkjwt_client_") and 'client="ci-pipeline"' in line}
+        assert values["pkjwt_client_keys"] == 1  # one key, however many workers report it
+        last = values.get("pkjwt_client_last_success_timestamp_seconds")
+        if last is not None:
+            assert abs(last - time.time()) < 300  # the latest success, not a sum
+            successes += 1
+        else:
+            await asyncio.sleep(0.5)

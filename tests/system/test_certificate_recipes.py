@@ -78,7 +78,8 @@ class HttpsGateway:
     sessions: list[requests.Session]
 
     def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        lines = [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        return [line for line in lines if "event" not in line]  # decisions, not key events
 
     def msal_app(self, credential: dict[str, Any]) -> tuple[msal.ConfidentialClientApplication,
                                                             list[requests.PreparedRequest]]:

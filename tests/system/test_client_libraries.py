@@ -256,7 +256,8 @@ class HttpsGateway:
         return self.base + AUTHORITY_PATH
 
     def reasons(self) -> list[str]:
-        return [json.loads(line)["reason"] for line in self.audit.getvalue().splitlines()]
+        lines = [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        return [line["reason"] for line in lines if "event" not in line]  # not key events
 
     def sent_assertions(self) -> list[str]:
         return [form_of(r)["client_assertion"] for r in self.sent if r.method == "POST"]

@@ -346,7 +346,8 @@ class Recipe:
             return response.status, await response.json()
 
     def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        lines = [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        return [line for line in lines if "event" not in line]  # decisions, not key events
 
     def metric(self, name: str, **labels: str) -> float:
         self.gateway.metrics.flush()

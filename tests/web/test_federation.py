@@ -121,7 +121,8 @@ class Live:
             return response.status, dict(await response.json())
 
     def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        lines = [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        return [line for line in lines if "event" not in line]  # decisions, not key events
 
     def last_audit(self) -> dict[str, Any]:
         return self.audit_lines()[-1]

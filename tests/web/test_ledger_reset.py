@@ -124,7 +124,8 @@ async def refusals_counted(session: aiohttp.ClientSession, served: Served,
 
 
 def audit_reasons(audit: Path) -> list[str]:
-    return [json.loads(line)["reason"] for line in audit.read_text().splitlines()]
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    return [line["reason"] for line in lines if "event" not in line]  # not key events
 
 
 async def lose_data(server: Server, how: str) -> None:
