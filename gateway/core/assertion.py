@@ -125,16 +125,13 @@ def verify_assertion(
             key = verify_signature(parsed, alg, candidates)
         if "x5c" in header:  # only assertions carrying a certificate pay for parsing it
             check_certificate_binding(header["x5c"], key.key)
-        jti, exp = _check_claims(parsed.claims, policy, now)
+        jti, exp, iat = check_claims(parsed.claims, policy, now)
     except GatewayError:
         raise
     except Exception as exc:  # nothing foreign may escape
         raise InvalidClient(Reason.MALFORMED, f"unexpected {type(exc).__name__}") from exc
-    return VerifiedAssertion(
-        client_id=policy.client_id, jti=jti, exp=exp, alg=alg, kid=key.kid,
-        key_thumbprint=key.thumbprint,
-        iat=float(parsed.claims["iat"]) if "iat" in parsed.claims else None,  # checked above
-    )
+    return VerifiedAssertion(client_id=policy.client_id, jti=jti, exp=exp, alg=alg, kid=key.kid,
+                             key_thumbprint=key.thumbprint, iat=iat)
 
 
 def _parse(token: str) -> ParsedAssertion:
@@ -271,18 +268,23 @@ def _verify_unexpired(
     return key
 
 
-def _check_claims(
+def check_claims(
     claims: Mapping[str, Any], policy: AssertionPolicy, now: float
-) -> tuple[str, float]:
+) -> tuple[str, float, float | None]:
+    """A client's own assertion's claims under ``policy``: (jti, exp, iat).
+
+    Raises InvalidClient bad_issuer, bad_subject, bad_audience, the reasons of
+    ``check_times``, lifetime_too_long, missing_jti or bad_jti.
+    """
     client_id = policy.client_id
     if claims.get("iss") != client_id:
         raise InvalidClient(Reason.BAD_ISSUER, repr(claims.get("iss"))[:80])
     if claims.get("sub") != client_id:
         raise InvalidClient(Reason.BAD_SUBJECT, repr(claims.get("sub"))[:80])
     check_audience(claims.get("aud"), policy.audiences)
-    exp, _ = check_times(claims, policy.clock_skew, now)
+    exp, iat = check_times(claims, policy.clock_skew, now)
     check_lifetime(claims, exp, policy.max_lifetime, now)
-    return check_jti(claims), exp
+    return check_jti(claims), exp, iat
 
 
 def check_times(

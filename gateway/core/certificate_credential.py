@@ -14,7 +14,6 @@ earliest notAfter on its path: a client re-sending one certificate pays it once.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -24,17 +23,14 @@ from gateway.core.assertion import (
     ParsedAssertion,
     VerifiedAssertion,
     check_algorithm,
-    check_audience,
-    check_jti,
-    check_lifetime,
-    check_times,
+    check_claims,
     check_typ,
     verify_signature,
 )
 from gateway.core.attempt import Attempt
 from gateway.core.certificate_chain import CertificateTrust, ValidatedChain, decode_x5c
 from gateway.core.certificate_identity import LeafIdentity, leaf_key
-from gateway.core.credentials import ReplayEntry
+from gateway.core.credentials import ReplayEntry, client_replay_entry
 from gateway.core.errors import GatewayError, InvalidClient
 from gateway.core.keyset import VerificationKey
 from gateway.core.keysource import KeySource
@@ -122,7 +118,6 @@ class CertificateCredential:
         """
         attempt.method = CERTIFICATE
         policy = self.policies[endpoint]
-        claims = parsed.claims
         try:
             alg = parsed.header["alg"]
             check_algorithm(alg, policy.algorithms)
@@ -131,14 +126,7 @@ class CertificateCredential:
             if x5c is None:
                 raise InvalidClient(Reason.CERTIFICATE_UNTRUSTED, "no x5c header")
             certified = self._certified(parsed, alg, x5c, now, policy.clock_skew, attempt)
-            if claims.get("iss") != self.client_id:
-                raise InvalidClient(Reason.BAD_ISSUER, repr(claims.get("iss"))[:80])
-            if claims.get("sub") != self.client_id:
-                raise InvalidClient(Reason.BAD_SUBJECT, repr(claims.get("sub"))[:80])
-            check_audience(claims.get("aud"), policy.audiences)
-            exp, iat = check_times(claims, policy.clock_skew, now)
-            check_lifetime(claims, exp, policy.max_lifetime, now)
-            jti = check_jti(claims)
+            jti, exp, iat = check_claims(parsed.claims, policy, now)
         except GatewayError:
             raise
         except Exception as exc:  # nothing foreign may escape
@@ -152,13 +140,8 @@ class CertificateCredential:
 
     def replay_entry(self, verified: VerifiedAssertion, assertion: str,
                      endpoint: str) -> ReplayEntry:
-        policy = self.policies[endpoint]
-        fingerprint = (hashlib.sha256(assertion.encode("ascii", "replace")).hexdigest()
-                       if self.allow_reuse else None)
-        issued_at = verified.iat if verified.iat is not None else (
-            verified.exp - policy.max_lifetime)
-        return ReplayEntry(self.client_id, verified.jti, verified.exp + policy.clock_skew,
-                           fingerprint, issued_at=issued_at, clock_skew=policy.clock_skew)
+        return client_replay_entry(verified, assertion, self.policies[endpoint],
+                                   self.allow_reuse)
 
     def _certified(self, parsed: ParsedAssertion, alg: str, x5c: Sequence[str], now: float,
                    clock_skew: float, attempt: Attempt) -> CertifiedLeaf:

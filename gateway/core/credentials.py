@@ -142,13 +142,24 @@ class RegisteredKeys:
     def replay_entry(
         self, verified: VerifiedAssertion, assertion: str, endpoint: str
     ) -> ReplayEntry:
-        # Remembered until it can no longer pass the expiry check: exp plus the skew.
-        policy = self.policies[endpoint]
-        expires_at = verified.exp + policy.clock_skew
-        fingerprint = (hashlib.sha256(assertion.encode("ascii", "replace")).hexdigest()
-                       if self.allow_reuse else None)
-        # Without iat, the earliest issue time the lifetime check lets through.
-        issued_at = verified.iat if verified.iat is not None else (
-            verified.exp - policy.max_lifetime)
-        return ReplayEntry(self.client_id, verified.jti, expires_at, fingerprint,
-                           issued_at=issued_at, clock_skew=policy.clock_skew)
+        return client_replay_entry(verified, assertion, self.policies[endpoint],
+                                   self.allow_reuse)
+
+
+def assertion_fingerprint(assertion: str) -> str:
+    """The digest an identical re-send is recognised by (``ReplayEntry.fingerprint``)."""
+    return hashlib.sha256(assertion.encode("ascii", "replace")).hexdigest()
+
+
+def client_replay_entry(verified: VerifiedAssertion, assertion: str, policy: AssertionPolicy,
+                        allow_reuse: bool) -> ReplayEntry:
+    """The replay mode of a client's own assertion (iss = sub = client_id): each jti once per
+    client until exp + clock_skew; with ``allow_reuse`` the identical assertion again."""
+    # Remembered until it can no longer pass the expiry check: exp plus the skew.
+    expires_at = verified.exp + policy.clock_skew
+    fingerprint = assertion_fingerprint(assertion) if allow_reuse else None
+    # Without iat, the earliest issue time the lifetime check lets through.
+    issued_at = verified.iat if verified.iat is not None else (
+        verified.exp - policy.max_lifetime)
+    return ReplayEntry(policy.client_id, verified.jti, expires_at, fingerprint,
+                       issued_at=issued_at, clock_skew=policy.clock_skew)

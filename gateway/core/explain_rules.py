@@ -23,7 +23,7 @@ from gateway.core.certificates import check_certificate_binding
 from gateway.core.claim_rules import claim_text, first_unmet, resolve_claim
 from gateway.core.credentials import RegisteredKeys
 from gateway.core.errors import InvalidClient
-from gateway.core.federation import FEDERATED_TYPS, IssuerTrusts, Trust
+from gateway.core.federation import IssuerTrusts, Trust, check_federated_typ
 from gateway.core.keyset import JWS_ALGORITHMS, VerificationKey, select_keys
 from gateway.core.keysource import KeySource
 from gateway.core.reasons import Reason
@@ -138,11 +138,9 @@ def federated_checks(parsed: ParsedAssertion, trusts: IssuerTrusts, facts: Confi
     checks.append(_judge("alg", lambda: check_algorithm(alg, issuer.algorithms),
                          f"{alg} is allowed for {issuer.name}",
                          lambda _: algorithm_fix(alg, issuer.algorithms, issuer_where)))
-    if typ is not None and typ.lower() not in FEDERATED_TYPS:
-        checks.append(Check("typ", FAIL, quoted(typ), Reason.BAD_TYP,
-                            Fix(advice="typ must be absent, JWT or JOSE")))
-    else:
-        checks.append(Check("typ", PASS, "absent" if typ is None else quoted(typ)))
+    checks.append(_judge("typ", lambda: check_federated_typ(typ),
+                         "absent" if typ is None else quoted(typ),
+                         lambda _: Fix(advice="typ must be absent, JWT or JOSE")))
     checks += _key_checks(parsed, alg, issuer.source, lambda _: Fix(
         advice=f"the keys {issuer.name} publishes do not verify it: the token was not "
                "issued by that platform, or its keys moved"), issuer_where)[0]

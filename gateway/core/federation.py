@@ -9,7 +9,6 @@ trusts are evaluated beside them without deciding anything.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,7 +23,7 @@ from gateway.core.assertion import (
 )
 from gateway.core.attempt import Attempt, FederationDecision
 from gateway.core.claim_rules import ClaimRequirement, first_unmet
-from gateway.core.credentials import ReplayEntry
+from gateway.core.credentials import ReplayEntry, assertion_fingerprint
 from gateway.core.errors import GatewayError, InvalidClient, TemporarilyUnavailable
 from gateway.core.keyset import select_keys
 from gateway.core.keysource import KeySource
@@ -38,6 +37,12 @@ FEDERATED_TYPS = frozenset({"jwt", "application/jwt", "jose", "application/jose"
 # Reasons a trust gives when its subject matched: they say more than subject_mismatch.
 _SUBJECT_MATCHED = frozenset({Reason.BAD_AUDIENCE, Reason.CLAIM_MISMATCH,
                               Reason.LIFETIME_TOO_LONG, Reason.MISSING_JTI, Reason.BAD_JTI})
+
+
+def check_federated_typ(typ: str | None) -> None:
+    """Raises InvalidClient bad_typ unless ``typ`` is absent or one of FEDERATED_TYPS."""
+    if typ is not None and typ.lower() not in FEDERATED_TYPS:
+        raise InvalidClient(Reason.BAD_TYP, repr(typ)[:80])
 
 
 def federated_subject(issuer: str, reuse: bool) -> str:
@@ -170,7 +175,7 @@ class IssuerTrusts:
             return ReplayEntry(subject, verified.jti, expires_at, None,
                                issued_at=verified.iat, clock_skew=self.clock_skew)
         # Reuse: the identical token again until exp; keyed by its jti, else by its hash.
-        fingerprint = hashlib.sha256(assertion.encode("ascii", "replace")).hexdigest()
+        fingerprint = assertion_fingerprint(assertion)
         return ReplayEntry(subject, verified.jti or f"#{fingerprint}", expires_at, fingerprint,
                            issued_at=verified.iat, clock_skew=self.clock_skew)
 
@@ -183,9 +188,7 @@ class IssuerTrusts:
             if "x5c" in header:
                 raise InvalidClient(Reason.FORBIDDEN_HEADER, "x5c on a federated token")
             check_algorithm(alg, self.issuer.algorithms)
-            typ = header.get("typ")
-            if typ is not None and typ.lower() not in FEDERATED_TYPS:
-                raise InvalidClient(Reason.BAD_TYP, repr(typ)[:80])
+            check_federated_typ(header.get("typ"))
             key = verify_signature(parsed, alg, select_keys(header, keys, alg))
             exp, iat = check_times(claims, self.clock_skew, now, require_iat=True)
             assert iat is not None  # required above
