@@ -21,10 +21,10 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gateway.core.certificate_chain import serial_hex, shown_name
 from gateway.core.certificates import MAX_X5C_CERTIFICATES
 
 SECONDS_PER_DAY = 86_400
-MAX_SHOWN_NAME = 256  # characters of a subject or issuer kept for the inventory
 NOT_A_CHAIN = f"'x5c' must be a list of 1 to {MAX_X5C_CERTIFICATES} base64 certificates"
 NOT_A_CERTIFICATE = "'x5c' holds a first entry that is not a base64 DER certificate"
 ANOTHER_KEY = "'x5c' certifies another key than the JWK's own: the leaf must hold this key"
@@ -77,9 +77,9 @@ def read_key_certificate(x5c: object, public_key: Any) -> KeyCertificate | str:
 def describe_certificate(certificate: x509.Certificate) -> KeyCertificate:
     """Subject, issuer, serial and validity of a certificate, as text safe to print."""
     return KeyCertificate(
-        subject=_shown(certificate.subject.rfc4514_string()),
-        issuer=_shown(certificate.issuer.rfc4514_string()),
-        serial=_hex(certificate.serial_number),
+        subject=shown_name(certificate.subject),
+        issuer=shown_name(certificate.issuer),
+        serial=serial_hex(certificate.serial_number),
         not_before=certificate.not_valid_before_utc.timestamp(),
         not_after=certificate.not_valid_after_utc.timestamp(),
     )
@@ -108,14 +108,3 @@ def _load(encoded: str) -> x509.Certificate | None:
         return x509.load_der_x509_certificate(binascii.a2b_base64(encoded, strict_mode=True))
     except (ValueError, TypeError, binascii.Error):
         return None
-
-
-def _shown(name: str) -> str:
-    """A name as text that is safe on a terminal: control characters escaped, bounded."""
-    printable = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
-    return printable[:MAX_SHOWN_NAME]
-
-
-def _hex(serial: int) -> str:
-    digits = f"{serial:X}"
-    return digits if len(digits) % 2 == 0 else f"0{digits}"
