@@ -292,6 +292,17 @@ def test_a_valid_chain_whose_key_did_not_sign_is_a_bad_signature(root: CA, issui
     assert caught.value.reason == Reason.BAD_SIGNATURE
 
 
+def test_a_cached_chain_still_needs_its_leafs_signature(root: CA, issuing: CA) -> None:
+    leaf, thief, now = issuing.issue(), issuing.issue(), time.time()
+    trust = trust_of(root)
+    cred = credential("acme", trust)
+    verify(cred, leaf, issuing.chain(leaf), now)  # acme's chain, validated and cached
+    with pytest.raises(KeyMiss) as caught:  # the same x5c, signed with another key
+        verify(cred, leaf, issuing.chain(leaf), now, signer=thief)
+    assert caught.value.reason == Reason.BAD_SIGNATURE
+    assert trust.validations == 1  # refused by the cached outcome's key, not a new validation
+
+
 def test_an_assertion_without_x5c_names_no_certificate(root: CA, issuing: CA) -> None:
     leaf = issuing.issue()
     token = leaf.signer().assertion("acme", now=time.time())

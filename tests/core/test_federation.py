@@ -305,6 +305,22 @@ async def test_an_x5c_header_is_refused_on_a_federated_token(
     assert refusal.reason in (Reason.FORBIDDEN_HEADER, Reason.BAD_HEADER)
 
 
+@pytest.mark.parametrize("typ", ["at+jwt", "client-authentication+jwt", "secevent+jwt"])
+async def test_a_platform_token_typed_for_another_purpose_is_refused(
+    world: World, github: Platform, typ: str
+) -> None:
+    token = github.signer.sign(github.signer.header(typ=typ), github_claims())
+    refusal = await world.refused(token)
+    assert (type(refusal), refusal.reason) == (InvalidClient, Reason.BAD_TYP)
+
+
+@pytest.mark.parametrize("typ", ["jwt", "application/JWT", "JOSE", "application/jose"])
+async def test_a_platform_token_typed_jwt_or_jose_is_accepted(
+    world: World, github: Platform, typ: str
+) -> None:
+    await world.run(github.signer.sign(github.signer.header(typ=typ), github_claims()))
+
+
 async def test_a_token_signed_by_a_key_the_issuer_does_not_publish(
     world: World, github: Platform
 ) -> None:
