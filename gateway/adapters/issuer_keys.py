@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from gateway.adapters.discovery import discover_jwks_uri, discovery_url
+from gateway.adapters.jwks_cache import clamp_lifetime
 from gateway.adapters.jwks_fetch import (
     FetchResult,
     JwksFetchError,
@@ -202,6 +203,6 @@ class IssuerKeySource(CachingKeySource):
             self._hint = result.document_lifetime
         elif self._hint is not None:
             # A 304 has no body: the hint of the bundle it confirms still holds.
-            lifetime = min(max(self._hint, self.settings.min_ttl), self.settings.max_ttl)
-            result = dataclasses.replace(result, lifetime=lifetime)
+            result = dataclasses.replace(result, lifetime=clamp_lifetime(self._hint,
+                                                                         self.settings))
         return result

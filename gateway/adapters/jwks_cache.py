@@ -23,9 +23,12 @@ def cache_lifetime(headers: Mapping[str, str], now: float, settings: JwksFetchSe
     lifetime = _max_age(headers)
     if lifetime is None:
         lifetime = _expires(headers, now)
-    if lifetime is None:
-        lifetime = 0.0
-    return min(max(lifetime, settings.min_ttl), settings.max_ttl)
+    return clamp_lifetime(lifetime if lifetime is not None else 0.0, settings)
+
+
+def clamp_lifetime(seconds: float, settings: JwksFetchSettings) -> float:
+    """``seconds`` brought within [min_ttl, max_ttl]."""
+    return min(max(seconds, settings.min_ttl), settings.max_ttl)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -17,6 +17,7 @@ from yarl import URL
 from gateway.adapters.jwks_cache import (
     cache_lifetime as cache_lifetime,  # part of this module's API
 )
+from gateway.adapters.jwks_cache import clamp_lifetime
 from gateway.adapters.jwks_guard import ForbiddenAddress, GuardedResolver, check_literal_host
 from gateway.config.settings import JwksFetchSettings
 from gateway.core.keyset import KeySet, KeySetImport, import_jwks
@@ -122,7 +123,7 @@ async def fetch_jwks(
     sent = {**(headers or {}), **({"If-None-Match": etag} if etag is not None else {})}
 
     async def read(response: aiohttp.ClientResponse) -> FetchResult:
-        return await _read_answer(response, settings, etag, clock, parse or _parse_plain)
+        return await _read_answer(response, settings, etag, clock, parse or parse_jwks_document)
 
     return await fetch_document(session, uri, settings, read, headers=sent)
 
@@ -216,7 +217,7 @@ async def _read_answer(
         raise JwksFetchError("bad_status", f"HTTP {response.status}")
     parsed = parse(await read_json_body(response, settings))
     lifetime = (cache_lifetime(response.headers, clock(), settings) if parsed.lifetime is None
-                else min(max(parsed.lifetime, settings.min_ttl), settings.max_ttl))
+                else clamp_lifetime(parsed.lifetime, settings))
     return FetchResult(not_modified=False, keys=parsed.keys,
                        etag=_entity_tag(response.headers.get("ETag")), lifetime=lifetime,
                        keyset=parsed.keyset, problems=parsed.problems,
@@ -260,20 +261,13 @@ async def _read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return bytes(body)
 
 
-def parse_jwks_document(
-    body: bytes,
-) -> tuple[tuple[dict[str, Any], ...], KeySet, tuple[str, ...]]:
+def parse_jwks_document(body: bytes) -> ParsedJwks:
     """The usable keys of a JWKS body, imported once, and why the others were skipped.
 
     Keys follow the rules of configured ones (keyset.import_jwks). Raises JwksFetchError
     bad_document (not a JSON JWK Set), secret_key_material (a private member or an 'oct'
     key anywhere in the set) or no_usable_key.
     """
-    parsed = _parse_plain(body)
-    return parsed.keys, parsed.keyset, parsed.problems
-
-
-def _parse_plain(body: bytes) -> ParsedJwks:
     return usable_keys(import_jwks(load_jwk_set(body), "jwks"))
 
 
