@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 
 from gateway.adapters.jwks_fetch import (
     FETCH_RESULTS,
+    MAX_ETAG_LENGTH,
     JwksFetchError,
     cache_lifetime,
     fetch_jwks,
@@ -107,6 +108,16 @@ async def test_matching_etag_costs_a_304(jwks: JwksServer, open_session: Session
     assert (result.not_modified, result.keys, result.etag, result.lifetime) == (
         True, (), '"v1"', 300.0)
     assert jwks.asked[0].headers["If-None-Match"] == '"v1"'
+
+
+async def test_an_overlong_etag_is_not_kept_to_be_echoed_back(
+    jwks: JwksServer, open_session: SessionFactory
+) -> None:
+    # A key server must not make us send it (or keep in memory) an unbounded header.
+    jwks.etag = '"' + "e" * (MAX_ETAG_LENGTH - 2) + '"'
+    assert (await fetch(open_session, jwks.url())).etag == jwks.etag  # at the limit: kept
+    jwks.etag = '"' + "e" * (MAX_ETAG_LENGTH - 1) + '"'
+    assert (await fetch(open_session, jwks.url())).etag is None  # next fetch: unconditional
 
 
 async def test_304_without_a_sent_etag_is_a_bad_status(
