@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from datetime import time as datetime_time
 from email.utils import format_datetime
 from typing import Any
@@ -40,7 +40,7 @@ from gateway.core.discovery_document import (
 from gateway.core.federation import NO_FEDERATION, Federation
 from gateway.core.keyset import import_jwks
 from gateway.core.keysource import KeySource, StaticKeySource
-from gateway.core.lifecycle import KeyDeadlines
+from gateway.core.lifecycle import KeyDeadlines, refuse_from
 from gateway.core.replay import MemoryReplayLedger, ReplayLedger
 from gateway.core.usage import UsageBook
 
@@ -60,9 +60,9 @@ def _legacy_policy(settings: Settings, client_id: str) -> LegacyPolicy | None:
         since = f"@{int(start.timestamp())}"
     if legacy.until is None:
         return LegacyPolicy(frozenset(legacy.allow), None, None, since)
-    end = datetime.combine(legacy.until + timedelta(days=1), datetime_time(), UTC)
-    return LegacyPolicy(frozenset(legacy.allow), end.timestamp(),
-                        format_datetime(end, usegmt=True), since)
+    end = refuse_from(legacy.until)  # as key_expiry and retire: the day after, 00:00 UTC
+    return LegacyPolicy(frozenset(legacy.allow), end,
+                        format_datetime(datetime.fromtimestamp(end, UTC), usegmt=True), since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +144,18 @@ def _key_source(
                            on_certificates=remote.on_certificates)
 
 
+def registered_keys(client: ClientRuntime | None) -> RegisteredKeys | None:
+    """The client's own registered keys (jwks, jwks_file, jwks_uri); None without."""
+    credentials = client.credentials if client is not None else ()
+    return next((c for c in credentials if isinstance(c, RegisteredKeys)), None)
+
+
 def _registered_sources(previous: Runtime | None) -> dict[str, KeySource]:
     """Each client's registered-key source in the previous runtime (for reuse on reload)."""
     if previous is None:
         return {}
-    return {client_id: credential.source for client_id, client in previous.clients.items()
-            for credential in client.credentials if isinstance(credential, RegisteredKeys)}
+    return {client_id: registered.source for client_id, client in previous.clients.items()
+            if (registered := registered_keys(client)) is not None}
 
 
 def build_runtime(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.adapters.assemble import Runtime
+from gateway.adapters.assemble import Runtime, registered_keys
 from gateway.config.yaml_dialect import join_path
 from gateway.core.credentials import RegisteredKeys
 from gateway.core.key_certificates import expiry_warning
@@ -11,8 +11,8 @@ Problems = list[tuple[str, str]]
 
 
 def _registered(runtime: Runtime) -> list[tuple[str, RegisteredKeys]]:
-    return [(client_id, credential) for client_id, client in runtime.clients.items()
-            for credential in client.credentials if isinstance(credential, RegisteredKeys)]
+    return [(client_id, registered) for client_id, client in runtime.clients.items()
+            if (registered := registered_keys(client)) is not None]
 
 
 def registered_certificate_expiry(runtime: Runtime) -> dict[str, float | None]:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any, Protocol
 
-from gateway.adapters.assemble import Runtime
+from gateway.adapters.assemble import Runtime, registered_keys
 from gateway.adapters.inventory_entries import (
     ClientEntry,
     CredentialEntry,
@@ -27,7 +27,6 @@ from gateway.config.settings import ClientSettings
 from gateway.config.yaml_dialect import join_path
 from gateway.core.certificate_credential import CertificateCredential, CertifiedLeaf
 from gateway.core.clients import ClientRuntime
-from gateway.core.credentials import RegisteredKeys
 from gateway.core.key_certificates import describe_certificate
 from gateway.core.keyset import KeySet, VerificationKey, import_jwks
 from gateway.core.keysource import KeySourceStatus
@@ -141,15 +140,10 @@ def _distinct(keys: Iterable[VerificationKey]) -> list[VerificationKey]:
     return list(by_thumbprint.values())
 
 
-def _registered(served: ClientRuntime | None) -> RegisteredKeys | None:
-    credentials = served.credentials if served is not None else ()
-    return next((c for c in credentials if isinstance(c, RegisteredKeys)), None)
-
-
 def _keys_held(client: ClientSettings, client_id: str,
                served: ClientRuntime | None) -> tuple[str | None, tuple[VerificationKey, ...]]:
     """The client's own keys now: those its source holds, or (offboarded) its configured set."""
-    registered = _registered(served)
+    registered = registered_keys(served)
     if registered is not None:
         held: KeySet | None = registered.source.current()
         return registered.source.kind, held.keys if held is not None else ()
@@ -258,7 +252,7 @@ def _legacy(client: ClientSettings, now: float) -> LegacyEntry | None:
 
 
 def _key_source(served: ClientRuntime | None) -> KeySourceEntry | None:
-    registered = _registered(served)
+    registered = registered_keys(served)
     if registered is None:
         return None
     status: KeySourceStatus = registered.source.status()

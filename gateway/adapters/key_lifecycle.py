@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from datetime import date
 
-from gateway.adapters.assemble import Runtime
+from gateway.adapters.assemble import Runtime, registered_keys
 from gateway.config.lint import LintWarning
 from gateway.config.settings import ClientSettings, Settings
 from gateway.config.yaml_dialect import join_path
-from gateway.core.credentials import RegisteredKeys
 from gateway.core.keyset import KeySet
 from gateway.core.keysource import StaticKeySource
 from gateway.core.lifecycle import KeyDeadlines, LifecyclePolicy, refuse_from, too_many_keys
@@ -98,12 +97,11 @@ def _held_static(runtime: Runtime) -> dict[str, KeySet]:
     """The configured (jwks, jwks_file) key sets of the runtime's clients."""
     held: dict[str, KeySet] = {}
     for client_id, client in runtime.clients.items():
-        for credential in client.credentials:
-            if isinstance(credential, RegisteredKeys) \
-                    and isinstance(credential.source, StaticKeySource):
-                keys = credential.source.current()
-                if keys is not None:
-                    held[client_id] = keys
+        registered = registered_keys(client)
+        if registered is not None and isinstance(registered.source, StaticKeySource):
+            keys = registered.source.current()
+            if keys is not None:
+                held[client_id] = keys
     return held
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from gateway.adapters.assemble import Runtime
+from gateway.adapters.assemble import Runtime, registered_keys
 from gateway.config.settings import Settings
 from gateway.core.clients import ClientRuntime
 from gateway.core.credentials import RegisteredKeys
@@ -59,15 +59,8 @@ def client_limits(settings: Settings, keys: RegisteredKeys) -> KeyLimits:
     )
 
 
-def _registered(client: ClientRuntime) -> RegisteredKeys | None:
-    for credential in client.credentials:
-        if isinstance(credential, RegisteredKeys):
-            return credential
-    return None
-
-
-def _registered_source(client: ClientRuntime) -> KeySource | None:
-    registered = _registered(client)
+def _registered_source(client: ClientRuntime | None) -> KeySource | None:
+    registered = registered_keys(client)
     return registered.source if registered is not None else None
 
 
@@ -167,7 +160,7 @@ class KeyWatch:
         held = None
         if source is not None:
             keys = source.current()
-            registered = _registered(runtime.clients[name]) if kind == CLIENT else None
+            registered = registered_keys(runtime.clients[name]) if kind == CLIENT else None
             limits = (client_limits(runtime.settings, registered) if registered is not None
                       else NO_LIMITS)
             held = HeldKeys(source.kind, keys.keys if keys is not None else None, limits)
@@ -198,8 +191,7 @@ class KeyWatch:
     def _source(runtime: Runtime, owner: Owner) -> KeySource | None:
         kind, name = owner
         if kind == CLIENT:
-            client = runtime.clients.get(name)
-            return _registered_source(client) if client is not None else None
+            return _registered_source(runtime.clients.get(name))
         federation = runtime.federation
         for issuer in (*federation.by_iss.values(), *federation.by_trust_domain.values()):
             if issuer.name == name:

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
-from gateway.adapters.assemble import Runtime
+from gateway.adapters.assemble import Runtime, registered_keys
 from gateway.adapters.key_lifecycle import lifecycle_policy
 from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
-from gateway.core.credentials import RegisteredKeys
 from gateway.core.lifecycle import UNUSED, credential_flags
 from gateway.core.usage import UsageBook, key_ref
 
@@ -45,12 +44,12 @@ def client_gauges(runtime: Runtime, usage: UsageBook | None,
     values: dict[str, ClientGauges] = {}
     for client_id, client in runtime.clients.items():
         last_success = usage.last_success(client_id) if usage is not None else None
-        held = [credential.source.current() for credential in client.credentials
-                if isinstance(credential, RegisteredKeys)]
-        keys = [key for keyset in held if keyset is not None for key in keyset.keys]
-        if not any(keyset is not None for keyset in held):
+        registered = registered_keys(client)
+        held = registered.source.current() if registered is not None else None
+        if held is None:
             values[client_id] = ClientGauges(last_success, None, None, None)
             continue
+        keys = held.keys
         if usage is None:
             values[client_id] = ClientGauges(None, None, None, len(keys))
             continue
