@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.adapters.issuer_keys import build_issuer_source
+from gateway.adapters.issuer_keys import IssuerKeySource, build_issuer_source
 from gateway.config.errors import ConfigError
 from gateway.config.settings import Settings
 from gateway.core.claim_rules import claim_requirement
@@ -20,7 +20,6 @@ from gateway.core.federation import (
     Trust,
     federated_subject,
 )
-from gateway.core.keysource import KeySource
 from gateway.core.subject_pattern import compile_subject_pattern
 
 FetchHook = Callable[[str, str], None]
@@ -52,10 +51,9 @@ def build_issuers(
         static = declared.key_source in ("jwks", "jwks_file")
         if not static and remote is None:
             continue
-        source: KeySource
-        kept = old.get(name)
         try:
-            fresh = build_issuer_source(
+            # Built even when the old source is kept: a ca_file broken since is reported.
+            source = build_issuer_source(
                 name, declared, settings.jwks_fetch,
                 on_fetch=remote.on_fetch if remote else None,
                 on_keys=remote.on_keys if remote else None)
@@ -63,9 +61,10 @@ def build_issuers(
             problems += exc.problems
             continue
         # A reload keeps a warm cache when nothing that shapes the fetching changed.
-        same = kept is not None and getattr(kept, "settings_key", None) is not None and (
-            getattr(kept, "settings_key", None) == getattr(fresh, "settings_key", None))
-        source = kept if same and kept is not None else fresh
+        kept = old.get(name)
+        if (isinstance(kept, IssuerKeySource) and isinstance(source, IssuerKeySource)
+                and kept.settings_key == source.settings_key):
+            source = kept
         issuers[name] = FederationIssuer(
             name=name, issuer=declared.issuer, trust_domain=declared.trust_domain,
             algorithms=frozenset(declared.algorithms), source=source)

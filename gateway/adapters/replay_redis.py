@@ -174,7 +174,7 @@ class RedisReplayLedger:
         # The earliest moment it could have passed the time checks (iat may run skew ahead).
         since = None if issued_at is None or fingerprint is not None else issued_at - clock_skew
         self._refuse_if_reset(tag, since, clock_skew, now)  # a loss known already
-        fresh = await self.claim(key, token, ttl_ms(expires_at, now))
+        fresh = await self._claim(key, tag, token, ttl_ms(expires_at, now))
         self._refuse_if_reset(tag, since, clock_skew, now)  # one this very check revealed
         return fresh
 
@@ -197,15 +197,18 @@ class RedisReplayLedger:
 
         Raises TemporarilyUnavailable as ``record`` does.
         """
+        return await self._claim(key, _tag_of(key), token, ttl)
+
+    async def _claim(self, key: str, tag: str, token: str, ttl: int) -> bool:
         previous: Any
         try:
             if self._batch:
                 # No timeout object per check: the batch's one deadline (in _send) settles
                 # every reply it carries, answered or not.
-                previous = await self._enqueue(key, token, ttl)
+                previous = await self._enqueue(key, tag, token, ttl)
             else:
                 async with asyncio.timeout(self._timeout):
-                    previous = await self._alone(key, token, ttl)
+                    previous = await self._alone(key, tag, token, ttl)
         except Exception as exc:
             # Broad on purpose, as translate_redis_error says: no answer means fail closed.
             self._healthy = False
@@ -218,10 +221,10 @@ class RedisReplayLedger:
             previous = previous.decode("utf-8", "replace")
         return previous is None or previous == token
 
-    def _enqueue(self, key: str, token: str, ttl: int) -> asyncio.Future[Any]:
+    def _enqueue(self, key: str, tag: str, token: str, ttl: int) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Claim(key, _tag_of(key), token, ttl, reply))
+        self._queue.append(_Claim(key, tag, token, ttl, reply))
         if not self._flush_scheduled:
             # Runs after every callback already due in this iteration: the requests that
             # became ready together reach this point before the batch leaves.
@@ -229,8 +232,8 @@ class RedisReplayLedger:
             loop.call_soon(self._flush)
         return reply
 
-    async def _alone(self, key: str, token: str, ttl: int) -> Any:
-        claim = _Claim(key, _tag_of(key), token, ttl, asyncio.get_running_loop().create_future())
+    async def _alone(self, key: str, tag: str, token: str, ttl: int) -> Any:
+        claim = _Claim(key, tag, token, ttl, asyncio.get_running_loop().create_future())
         await self._send([claim])
         return claim.reply.result()
 
