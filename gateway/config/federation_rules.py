@@ -96,11 +96,6 @@ def _issuer_problems(settings: Settings) -> Problems:
             if first != name:
                 problems.append((join_path(join_path("federation.issuers", name), key),
                                  f"{value!r} is already declared by issuer {first!r}"))
-        for key in ("jwks_uri", "bundle_endpoint"):
-            url = getattr(issuer, key)
-            if _is_http(url) and not settings.jwks_fetch.allow_http:
-                problems.append((join_path(join_path("federation.issuers", name), key),
-                                 "must be https (jwks_fetch.allow_http is off)"))
     return problems
 
 

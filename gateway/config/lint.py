@@ -110,9 +110,11 @@ def lint_settings(settings: Settings) -> list[tuple[str, str]]:
                               "or firewall it"))
     for network in settings.listen.trusted_proxies:
         if network.endswith("/0"):
-            warnings.append(("listen.trusted_proxies", f"{network} trusts every address, so "
-                             "any client can name its own address for the audit log and the "
-                             "failure brakes; list only the networks of your proxies"))
+            warnings.append(_warn("trusted-proxies", "listen.trusted_proxies",
+                                  f"{network} trusts every address, so "
+                                  "any client can name its own address for the audit log "
+                                  "and the failure brakes; list only the networks of your "
+                                  "proxies"))
     if settings.jwks_fetch.allow_http:
         warnings.append(_warn("jwks-allow-http", "jwks_fetch.allow_http", "keys fetched over "
                               "plain http can be swapped by anyone on the path; turn "

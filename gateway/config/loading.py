@@ -150,9 +150,21 @@ def _document_problems(data: Mapping[str, Any]) -> Problems:
             elif isinstance(value, str):
                 seen[value] = where
     fetch = data.get("jwks_fetch")
-    allow_http = isinstance(fetch, dict) and fetch.get("allow_http") is True
-    for _, path, client in client_entries(data):
-        uri = client.get("jwks_uri")
-        if isinstance(uri, str) and urlsplit(uri).scheme == "http" and not allow_http:
-            problems.append((f"{path}.jwks_uri", "must be https (jwks_fetch.allow_http is off)"))
+    if not (isinstance(fetch, dict) and fetch.get("allow_http") is True):
+        problems += [(where, "must be https (jwks_fetch.allow_http is off)")
+                     for where, url in _fetched_urls(data) if urlsplit(url).scheme == "http"]
     return problems
+
+
+def _fetched_urls(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dotted path, URL) of every key URL in raw config data that the gateway fetches."""
+    urls = [(join_path(path, "jwks_uri"), client.get("jwks_uri"))
+            for _, path, client in client_entries(data)]
+    federation = data.get("federation")
+    issuers = federation.get("issuers") if isinstance(federation, dict) else None
+    for name, issuer in issuers.items() if isinstance(issuers, dict) else ():
+        if isinstance(issuer, dict):
+            where = join_path("federation.issuers", name)
+            urls += [(join_path(where, key), issuer.get(key))
+                     for key in ("jwks_uri", "bundle_endpoint")]
+    return [(where, url) for where, url in urls if isinstance(url, str)]

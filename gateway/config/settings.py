@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
+    SecretStr,
     StrictStr,
     field_validator,
     model_validator,
@@ -19,6 +20,7 @@ from gateway.config.federation import FederatedTrusts, FederationSettings
 from gateway.config.files import (
     JwksFileSetting,
     ReadableFile,
+    SecretFile,
     SecretFileSetting,
 )
 from gateway.config.schema import describe_schema
@@ -55,7 +57,15 @@ DEFAULT_MEMORY_MAX_ENTRIES = 1_000_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
-Problems = list[tuple[str, str]]
+
+
+def _secret_text(inline: SecretStr | None, file: SecretFile | None) -> str | None:
+    """A secret given as `!env NAME` or as a file read when loading; None when neither."""
+    if inline is not None:
+        return inline.get_secret_value()
+    if file is not None:
+        return file.secret.get_secret_value()
+    return None
 
 
 class TlsSettings(Frozen):
@@ -158,11 +168,7 @@ class ReplaySettings(Frozen):
 
     def password_value(self) -> str | None:
         """The Redis password, from !env or redis_password_file (read when loading)."""
-        if self.redis_password is not None:
-            return self.redis_password.get_secret_value()
-        if self.redis_password_file is not None:
-            return self.redis_password_file.secret.get_secret_value()
-        return None
+        return _secret_text(self.redis_password, self.redis_password_file)
 
 
 class BucketSettings(Frozen):
@@ -233,11 +239,7 @@ class BackendAuthSettings(Frozen):
 
     def secret_value(self) -> str | None:
         """The backend secret, from !env or secret_file (read when loading); None for none."""
-        if self.secret is not None:
-            return self.secret.get_secret_value()
-        if self.secret_file is not None:
-            return self.secret_file.secret.get_secret_value()
-        return None
+        return _secret_text(self.secret, self.secret_file)
 
 
 class LegacyAuthSettings(Frozen):

@@ -332,6 +332,13 @@ def test_one_problem_at_its_path(tmp_path: Path, data: dict[str, Any], path: str
     assert needle in found[0][1]
 
 
+def test_a_plain_http_key_url_is_reported_beside_other_problems(tmp_path: Path) -> None:
+    data = config(TRUST_OK, backend__timeout=5, federation__issuers__build_farm={
+        "issuer": "https://o.example", "jwks_uri": "http://o.example/jwks"})
+    assert [path for path, _ in problems(tmp_path, data)] == [
+        "backend.timeout", "federation.issuers.build_farm.jwks_uri"]
+
+
 def test_every_trust_problem_is_reported_at_once(tmp_path: Path) -> None:
     data = config(
         trust("github", "a", audience=None, subject="repo:acme/api:ref:refs/heads/main"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.lint import lint_settings
+from gateway.config.lint import lint_settings, warning_id
 from tests.config.test_settings import changed, load, problems
 
 KEY = "listen.trusted_proxies"
@@ -46,6 +46,7 @@ def test_trusting_every_address_is_warned_about(tmp_path: Path, everything: str)
     warnings = lint_settings(load(tmp_path, changed({KEY: ["10.0.0.0/8", everything]})))
     assert [where for where, _ in warnings] == [KEY]
     assert everything in warnings[0][1] and warnings[0][1].count(";") == 1
+    assert warning_id(warnings[0]) == "trusted-proxies"
 
 
 def test_proxy_networks_are_not_warned_about(tmp_path: Path) -> None:
