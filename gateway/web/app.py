@@ -1,13 +1,10 @@
-"""The gateway process: the public listener and the admin app, their lifecycles, reload."""
+"""The gateway process: both listeners' lifecycles, the state they share, reload."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -16,9 +13,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.adapters.assemble import (
     RemoteKeys,
@@ -32,11 +26,10 @@ from gateway.adapters.assemble import (
 )
 from gateway.adapters.audit import AuditLog, AuditSink
 from gateway.adapters.certificate_expiry import registered_certificate_expiry
-from gateway.adapters.inventory import build_inventory
 from gateway.adapters.jwks_fetch import new_jwks_session
 from gateway.adapters.key_watch import CHECK_INTERVAL, KeyWatch
 from gateway.adapters.lifecycle_gauges import LifecycleGauges, keep_updated
-from gateway.adapters.metrics import MULTIPROC_ENV, GatewayMetrics
+from gateway.adapters.metrics import GatewayMetrics
 from gateway.adapters.upstream import new_upstream
 from gateway.config.errors import ConfigError
 from gateway.config.loading import load_settings
@@ -44,6 +37,7 @@ from gateway.config.settings import JwksFetchSettings, Settings
 from gateway.core.client_address import TrustedProxies
 from gateway.core.replay import ReplayLedger
 from gateway.core.usage import UsageBook
+from gateway.web.admin import create_admin_app
 from gateway.web.handlers import PublicHandler
 from gateway.web.state import Guards, new_authenticator
 from gateway.web.tls import load_certificate, new_server_context
@@ -210,12 +204,16 @@ class Gateway:
             if self._jwks is not None:
                 await self._jwks[1].close()
             self._jwks = (fetch, session)
+        self._update_key_gauges(old, new)
+
+    def _update_key_gauges(self, old: Runtime, new: Runtime) -> None:
+        """Each client's key count and certificate expiry as ``new`` holds them; the series
+        of clients that no longer have them go."""
         # A client's own keys; an issuer's keys are counted under the issuer's name.
         # A CA-anchored client's key comes with each assertion: it has no key set to count.
-        own = {client_id: [source for credential in client.credentials
-                           for source in credential.key_sources()]
-               for client_id, client in new.clients.items()
-               if any(credential.key_sources() for credential in client.credentials)}
+        own = {client_id: sources for client_id, client in new.clients.items()
+               if (sources := [source for credential in client.credentials
+                               for source in credential.key_sources()])}
         for client_id, sources in own.items():
             held = (source.current() for source in sources)
             count = sum(len(keys.keys) for keys in held if keys is not None)
@@ -322,78 +320,3 @@ class PublicRunner(web.BaseRunner):
 
 # The factory the CLI, the demo and the tests call.
 create_gateway = Gateway
-
-
-def exposition_registry(metrics: GatewayMetrics) -> CollectorRegistry:
-    """What /metrics shows: this process's registry, or with worker processes the sum of all.
-
-    prometheus-client switches to multiprocess values when PROMETHEUS_MULTIPROC_DIR is set
-    before it is imported; the supervisor sets it for its workers.
-    """
-    if not os.environ.get(MULTIPROC_ENV):
-        return metrics.registry
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
-    return registry
-
-
-def create_admin_app(gateway: Gateway) -> web.Application:
-    """/metrics, /healthz, /readyz, /inventory and POST /reload, on the admin listener only."""
-    admin = web.Application()
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        runtime = gateway.slot.current
-        parts = {
-            "config": True,
-            "keys": runtime.settings.jwks_fetch.ready_without_keys or runtime.keys_settled(),
-            # Without traffic nothing else would notice a store that came back.
-            "ledger": gateway.ledger.ready() or await gateway.ledger.ping(),
-            "serving": not gateway.draining,
-        }
-        ready = all(parts.values())
-        body = {"status": "ready" if ready else "not_ready", "checks": parts}
-        return web.Response(status=200 if ready else 503, text=json.dumps(body),
-                            content_type="application/json")
-
-    async def reload(_: web.Request) -> web.Response:
-        try:
-            if gateway.supervised:
-                # This connection reached one worker of several: it checks the file first,
-                # so a refusal is answered here; then the supervisor reloads them all.
-                await gateway.check_reload()
-                os.kill(os.getppid(), signal.SIGHUP)
-                return web.json_response({"status": "requested", "detail": "every worker "
-                                          "re-reads the file"}, status=202)
-            await gateway.reload()
-        except ConfigError as exc:
-            for where, message in exc.problems:
-                log.error("reload refused: %s: %s", where, message)
-            problems = [{"path": where, "message": message} for where, message in exc.problems]
-            return web.json_response({"status": "refused", "problems": problems}, status=400)
-        return web.json_response({"status": "reloaded",
-                                  "clients": sorted(gateway.slot.current.clients)})
-
-    async def inventory(_: web.Request) -> web.Response:
-        # The usage book as it stands: with Redis, merged at the last flush.
-        scope = ("off" if gateway.handler.usage is None
-                 else "shared" if gateway.usage_store is not None else "process")
-        document = build_inventory(gateway.slot.current, gateway.usage, gateway.clock(),
-                                   usage_scope=scope)
-        return web.json_response(document, headers={"Cache-Control": "no-store"})
-
-    admin.router.add_get("/healthz", healthz)
-    admin.router.add_get("/readyz", readyz)
-    admin.router.add_post("/reload", reload)
-    admin.router.add_get("/inventory", inventory)
-    exposition = make_aiohttp_handler(exposition_registry(gateway.metrics))
-
-    async def metrics(request: web.Request) -> web.StreamResponse:
-        gateway.metrics.flush()  # this process's share is exact at every scrape
-        gateway.update_lifecycle_gauges()
-        return await exposition(request)
-
-    admin.router.add_get("/metrics", metrics)
-    return admin
