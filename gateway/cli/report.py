@@ -16,15 +16,19 @@ from typing import get_args
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.settings import Settings
+from gateway.core.attempt import PRIVATE_KEY_JWT
+from gateway.core.certificate_credential import CERTIFICATE
+from gateway.core.federation import FEDERATED
 from gateway.core.legacy import SecretMethod
+from gateway.core.reasons import Reason
 
 AUTH_METRIC = "pkjwt_client_auth_total"
-KEY_METHOD = "private_key_jwt"
-# Methods that are no shared secret: the client's own keys, or a platform's token.
-KEY_METHODS = frozenset({KEY_METHOD, "federated", "certificate"})
+KEY_METHOD = PRIVATE_KEY_JWT
+# Methods that are no shared secret: the client's own keys, a certificate, a platform's token.
+KEY_METHODS = frozenset({KEY_METHOD, FEDERATED, CERTIFICATE})
 SECRET_METHODS: tuple[str, ...] = get_args(SecretMethod)
 FETCH_TIMEOUT = 10.0
-DISABLED_REASON = "client_disabled"
+DISABLED_REASON = Reason.CLIENT_DISABLED.value
 # The counts' result word for attempts of an offboarded client (reason client_disabled).
 OFFBOARDED = "offboarded"
 # What the report counts: every accepted request, refused ones that tried a secret
@@ -127,16 +131,10 @@ def counts_from_prometheus(base: str, window: str) -> Counts:
     return counts
 
 
-def _secret_counts(counts: Counts, client_id: str, result: str) -> dict[str, float]:
-    # Accepted: anything but a key; refused: only secrets (a refused assertion is no secret).
+def _by_method(counts: Counts, client_id: str, result: str) -> dict[str, float]:
+    """The client's requests with ``result``, per method (none of those that counted 0)."""
     return {method: value for (cid, method, res), value in counts.items()
-            if cid == client_id and res == result and value > 0 and (
-                method in SECRET_METHODS if result == "rejected" else method not in KEY_METHODS)}
-
-
-def _offboarded_counts(counts: Counts, client_id: str) -> dict[str, float]:
-    return {method: value for (cid, method, res), value in counts.items()
-            if cid == client_id and res == OFFBOARDED and value > 0}
+            if cid == client_id and res == result and value > 0}
 
 
 def usage_report(settings: Settings, counts: Counts) -> list[ClientUsage]:
@@ -146,16 +144,19 @@ def usage_report(settings: Settings, counts: Counts) -> list[ClientUsage]:
     rows = []
     for client_id, client in settings.clients.items():
         legacy = client.legacy_auth
-        secret = _secret_counts(counts, client_id, "accepted")
-        refused = _secret_counts(counts, client_id, "rejected")
-        offboarded = _offboarded_counts(counts, client_id)
+        accepted = _by_method(counts, client_id, "accepted")
+        secret = {m: n for m, n in accepted.items() if m not in KEY_METHODS}
+        # A refused assertion is no secret: only secret methods count as refused secrets.
+        refused = {m: n for m, n in _by_method(counts, client_id, "rejected").items()
+                   if m in SECRET_METHODS}
+        offboarded = _by_method(counts, client_id, OFFBOARDED)
         if not client.enabled and not offboarded:
             continue
         if legacy is None and not secret and not refused and not offboarded:
             continue
         until = legacy.until if legacy else None
         days_left = (until - today).days if until is not None else None
-        keys = sum(counts.get((client_id, m, "accepted"), 0.0) for m in KEY_METHODS)
+        keys = sum(accepted.get(m, 0.0) for m in KEY_METHODS)
         rows.append(ClientUsage(client_id, list(legacy.allow) if legacy else [],
                                 until.isoformat() if until else None, days_left, secret,
                                 keys, refused, client.enabled, offboarded))
