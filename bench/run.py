@@ -103,21 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--store takes a comma-separated subset of {','.join(STORES)}")
     if args.pairs < 1 or (args.latency_pairs is not None and args.latency_pairs < 0):
         parser.error("--pairs takes 1 or more, --latency-pairs 0 or more")
-    federated_problem = _federated_problem(args)
-    if args.federated and federated_problem:
-        parser.error(f"--federated: {federated_problem}")
-    if args.federated is None:
-        args.federated = federated_problem is None
-    certificate_problem = _certificate_problem(args)
-    if args.certificate and certificate_problem:
-        parser.error(f"--certificate: {certificate_problem}")
-    if args.certificate is None:
-        args.certificate = certificate_problem is None
-    usage_problem = _usage_problem(args)
-    if args.usage and usage_problem:
-        parser.error(f"--usage: {usage_problem}")
-    if args.usage is None:
-        args.usage = usage_problem is None
+    # The optional contenders: asked for, each must be able to run; not said, each that can.
+    for option, problem in _contender_problems(args).items():
+        if getattr(args, option) and problem:
+            parser.error(f"--{option}: {problem}")
+        if getattr(args, option) is None:
+            setattr(args, option, problem is None)
     if args.latency_pairs is None:
         args.latency_pairs = args.pairs
     if args.duration <= 0 or args.warmup + args.duration + SLACK + 15 > LIFETIME:
@@ -128,32 +119,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _federated_problem(args: argparse.Namespace) -> str | None:
-    """Why the federated contender cannot run with these options, or None."""
+def _contender_problems(args: argparse.Namespace) -> dict[str, str | None]:
+    """Why each optional contender (by its option) cannot run with these options, or None."""
+    federated = _configured_problem(args, "it cannot be given the platform's trust")
     if not FEDERATED_ALGS & set(args.algs):
-        return f"platform tokens are {'/'.join(sorted(FEDERATED_ALGS))}: add it to --alg"
+        federated = f"platform tokens are {'/'.join(sorted(FEDERATED_ALGS))}: add it to --alg"
+    return {
+        "federated": federated,
+        "certificate": _configured_problem(args, "it cannot be given the client's CA"),
+        "usage": _configured_problem(args, "usage tracking cannot be turned off"),
+    }
+
+
+def _configured_problem(args: argparse.Namespace, without_config: str) -> str | None:
+    """Why a contender that is the gateway on the memory ledger with a configuration of its
+    own cannot run, or None; ``without_config`` says what a fixed configuration prevents."""
     if "memory" not in args.stores:
         return "compared with the gateway on the memory ledger: add memory to --store"
     if "{config}" not in args.gateway_cmd:
-        return "the --gateway-cmd takes no {config}, so it cannot be given the platform's trust"
-    return None
-
-
-def _certificate_problem(args: argparse.Namespace) -> str | None:
-    """Why the CA-anchored contender cannot run with these options, or None."""
-    if "memory" not in args.stores:
-        return "compared with the gateway on the memory ledger: add memory to --store"
-    if "{config}" not in args.gateway_cmd:
-        return "the --gateway-cmd takes no {config}, so it cannot be given the client's CA"
-    return None
-
-
-def _usage_problem(args: argparse.Namespace) -> str | None:
-    """Why the usage-off contender cannot run with these options, or None."""
-    if "memory" not in args.stores:
-        return "compared with the gateway on the memory ledger: add memory to --store"
-    if "{config}" not in args.gateway_cmd:
-        return "the --gateway-cmd takes no {config}, so usage tracking cannot be turned off"
+        return f"the --gateway-cmd takes no {{config}}, so {without_config}"
     return None
 
 
