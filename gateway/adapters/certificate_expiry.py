@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.adapters.assemble import Runtime, registered_keys
+from gateway.config.lint import LintWarning
 from gateway.config.yaml_dialect import join_path
 from gateway.core.credentials import RegisteredKeys
 from gateway.core.key_certificates import expiry_warning
@@ -48,8 +49,9 @@ def certificate_expiry_warnings(runtime: Runtime, now: float) -> Problems:
                 continue
             warning = expiry_warning(key.not_after, now, within)
             if warning is not None:
-                warnings.append((where, f"the certificate (x5c) of key kid={key.kid or '-'} "
-                                        f"{warning}; have it renewed and publish the key with "
-                                        "its new certificate (an expired one stops the key "
-                                        "verifying under refuse_expired_certificates)"))
+                warnings.append(LintWarning(
+                    "certificate-expiring", where,
+                    f"the certificate (x5c) of key kid={key.kid or '-'} {warning}; have it "
+                    "renewed and publish the key with its new certificate (an expired one "
+                    "stops the key verifying under refuse_expired_certificates)"))
     return warnings

@@ -187,3 +187,14 @@ def _iso(epoch: float) -> str:
 
 def _pem(b64: str) -> bytes:
     return x509.load_der_x509_certificate(base64.b64decode(b64)).public_bytes(Encoding.PEM)
+
+
+def test_an_expiring_certificate_is_accepted_by_its_warning_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI_SECRET", BACKEND_SECRET)
+    soon = with_certificate(make_signer("ES256", kid="soon"), not_after=in_days(5.5))
+    path = config(tmp_path, soon)
+    assert check(path, strict=True) == 1
+    assert "[certificate-expiring]" in capsys.readouterr().out
+    assert check(path, strict=True, accept=["certificate-expiring"]) == 0
