@@ -14,6 +14,7 @@ A credential reference is never a metric label: it names a key, certificate or t
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ def certificate_ref(sha256_hex: str) -> str:
     return f"certificate:{sha256_hex}"
 
 
+@functools.lru_cache(maxsize=1024)  # a client re-uses its certificate: decode it once
 def certificate_ref_of_x5t(x5t_s256: str) -> str:
     """The reference of a certificate known by its x5t#S256 (base64url of the same digest).
 
