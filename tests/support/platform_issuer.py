@@ -1,11 +1,11 @@
 """A workload platform's token issuer on https://127.0.0.1: discovery, keys, rotation, tokens.
 
 Stands in for GitHub Actions, GitLab CI, a Kubernetes API server or a SPIFFE bundle
-endpoint, with each platform's claim and header shapes (docs: federation notes, section 1).
-The claim builders are pure functions; the issuer signs their output. Every builder takes
-claim overrides by name (OMIT drops a claim); the token methods also take ``header=``
-(members such as ``jku``, ``x5u``, ``jwk``, ``x5c``; OMIT drops one) and ``key=`` (a kid
-of this issuer, published or not, or any Signer such as ``outsider()``).
+endpoint, with each platform's header shapes; it signs the claims of
+tests/support/platform_claims.py. The token methods take that module's claim overrides
+by name (OMIT drops a claim), ``header=`` (members such as ``jku``, ``x5u``, ``jwk``,
+``x5c``; OMIT drops one) and ``key=`` (a kid of this issuer, published or not, or any
+Signer such as ``outsider()``).
 
 Key material is cached per process by slot (see tokens.py). Each kind starts at its own
 slot, so two issuers of the same kind in one test share keys unless one gets ``first_slot``.
@@ -19,7 +19,6 @@ import datetime
 import functools
 import hashlib
 import ssl
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,12 +34,17 @@ from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
 from tests.support.jwks_server import Asked
+from tests.support.platform_claims import (
+    github_claims,
+    gitlab_claims,
+    kubernetes_claims,
+    spiffe_claims,
+)
 from tests.support.tokens import OMIT, Signer, b64url, make_signer, merge
 
 __all__ = [
-    "DEFAULT_ALGS", "DISCOVERY_PATH", "JWKS_PATHS", "KINDS", "OMIT", "SHA", "IssuerKey", "Kind",
-    "PlatformIssuer", "github_claims", "github_subject", "gitlab_claims", "kubernetes_claims",
-    "platform_issuer", "spiffe_claims", "x509_authority_jwk"]
+    "DEFAULT_ALGS", "DISCOVERY_PATH", "JWKS_PATHS", "KINDS", "OMIT", "IssuerKey", "Kind",
+    "PlatformIssuer", "platform_issuer", "x509_authority_jwk"]
 
 Kind = Literal["github", "gitlab", "kubernetes", "spiffe"]
 KINDS: Final[tuple[Kind, ...]] = ("github", "gitlab", "kubernetes", "spiffe")
@@ -50,7 +54,6 @@ JWKS_PATHS: Final[Mapping[Kind, str]] = {
     "kubernetes": "/openid/v1/jwks", "spiffe": "/"}
 DEFAULT_ALGS: Final[Mapping[Kind, str]] = {  # SPIRE signs JWT-SVIDs with P-256 by default
     "github": "RS256", "gitlab": "RS256", "kubernetes": "RS256", "spiffe": "ES256"}
-SHA: Final = "0123456789abcdef0123456789abcdef01234567"
 _FIRST_SLOTS: Final[Mapping[Kind, int]] = {
     "github": 100, "gitlab": 200, "kubernetes": 300, "spiffe": 400}
 _OUTSIDER_SLOT: Final = 990
@@ -68,137 +71,6 @@ _GITHUB_CLAIMS: Final = [
 _GITLAB_CLAIMS: Final = [
     "iss", "sub", "aud", "exp", "iat", "sub_legacy", "name", "nickname", "preferred_username",
     "email", "email_verified", "website", "profile", "picture", "groups", "groups_direct"]
-
-
-def _issued_at(now: float | None) -> int:
-    return int(time.time() if now is None else now)
-
-
-def _escape(value: str) -> str:
-    return value.replace(":", "%3A")
-
-
-def github_subject(owner: str, owner_id: str, repo: str, repo_id: str, *, ref: str,
-                   environment: str | None, event_name: str, immutable: bool) -> str:
-    """``repo:OWNER@ID/REPO@ID:…`` (or ``repo:OWNER/REPO:…``), then the environment,
-    ``pull_request``, or the ref, in that order of precedence; ``:`` in a value is ``%3A``."""
-    if immutable:
-        repository = f"{_escape(owner)}@{_escape(owner_id)}/{_escape(repo)}@{_escape(repo_id)}"
-    else:
-        repository = f"{_escape(owner)}/{_escape(repo)}"
-    if environment is not None:
-        tail = f"environment:{_escape(environment)}"
-    elif event_name == "pull_request":
-        tail = "pull_request"
-    else:
-        tail = f"ref:{_escape(ref)}"
-    return f"repo:{repository}:{tail}"
-
-
-def github_claims(
-    iss: str, aud: str | list[str] | None = None, *, owner: str = "acme", owner_id: str = "1234",
-    repo: str = "api", repo_id: str = "5678", ref: str = "refs/heads/main",
-    environment: str | None = None, event_name: str = "push", immutable: bool = True,
-    runner_environment: str = "github-hosted", enterprise: str | None = None,
-    enterprise_id: str | None = None, workflow_file: str = "deploy.yml", lifetime: int = 300,
-    now: float | None = None, **overrides: Any,
-) -> dict[str, Any]:
-    """An Actions OIDC token's claims; ``aud`` None is the owner-wide default audience."""
-    iat = _issued_at(now)
-    repository = f"{owner}/{repo}"
-    workflow_ref = f"{repository}/.github/workflows/{workflow_file}@{ref}"
-    claims: dict[str, Any] = {
-        "jti": str(uuid.uuid4()),
-        "sub": github_subject(owner, owner_id, repo, repo_id, ref=ref, environment=environment,
-                              event_name=event_name, immutable=immutable),
-        "aud": f"https://github.com/{owner}" if aud is None else aud,
-        "ref": ref, "sha": SHA, "repository": repository, "repository_id": repo_id,
-        "repository_owner": owner, "repository_owner_id": owner_id,
-        "repository_visibility": "private", "run_id": "9000000001", "run_number": "17",
-        "run_attempt": "1", "actor": "dev-1", "actor_id": "4321", "workflow": "Deploy",
-        "workflow_ref": workflow_ref, "workflow_sha": SHA, "head_ref": "", "base_ref": "",
-        "event_name": event_name, "ref_type": "tag" if ref.startswith("refs/tags/") else "branch",
-        "ref_protected": "true", "job_workflow_ref": workflow_ref, "job_workflow_sha": SHA,
-        "runner_environment": runner_environment,
-        "iss": iss, "nbf": iat - 5, "exp": iat + lifetime, "iat": iat}
-    optional = {"environment": environment, "enterprise": enterprise,
-                "enterprise_id": enterprise_id}
-    claims.update({name: value for name, value in optional.items() if value is not None})
-    return merge(claims, overrides)
-
-
-def gitlab_claims(
-    iss: str, aud: str | list[str], *, namespace_path: str = "group", namespace_id: str = "72",
-    project_path: str = "group/project", project_id: str = "42", ref: str = "main",
-    ref_type: str = "branch", ref_protected: str = "true", pipeline_source: str = "push",
-    environment: str | None = None, runner_environment: str = "gitlab-hosted",
-    lifetime: int = 3600, now: float | None = None, **overrides: Any,
-) -> dict[str, Any]:
-    """A GitLab CI ``id_tokens`` entry's claims; ids and flags are strings, as GitLab sends."""
-    iat = _issued_at(now)
-    ref_path = f"refs/{'tags' if ref_type == 'tag' else 'heads'}/{ref}"
-    instance = iss.split("://", 1)[-1]
-    claims: dict[str, Any] = {
-        "namespace_id": namespace_id, "namespace_path": namespace_path,
-        "project_id": project_id, "project_path": project_path, "user_id": "1",
-        "user_login": "dev-1", "user_email": "dev-1@example.com", "user_access_level": "developer",
-        "pipeline_id": "574", "pipeline_source": pipeline_source, "job_id": "302", "ref": ref,
-        "ref_type": ref_type, "ref_path": ref_path, "ref_protected": ref_protected,
-        "runner_id": 1, "runner_environment": runner_environment, "sha": SHA,
-        "project_visibility": "private",
-        "ci_config_ref_uri": f"{instance}/{project_path}//.gitlab-ci.yml@{ref_path}",
-        "ci_config_sha": SHA, "jti": str(uuid.uuid4()), "iss": iss, "iat": iat, "nbf": iat - 5,
-        "exp": iat + lifetime,
-        "sub": f"project_path:{project_path}:ref_type:{ref_type}:ref:{ref}", "aud": aud}
-    if environment is not None:
-        claims.update(environment=environment, environment_protected="false",
-                      deployment_tier="production", environment_action="start")
-    return merge(claims, overrides)
-
-
-def kubernetes_claims(
-    iss: str, aud: str | list[str], *, namespace: str = "ci", service_account: str = "deployer",
-    sa_uid: str = "5f1c2c6e-0000-4000-8000-000000000001", pod: str | None = "runner-abc",
-    pod_uid: str = "5f1c2c6e-0000-4000-8000-000000000002", node: str | None = "node-1",
-    node_uid: str = "5f1c2c6e-0000-4000-8000-000000000003", lifetime: int = 3600,
-    with_jti: bool = True, warn_after: int | None = None, now: float | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:
-    """A projected service-account token's claims: ``aud`` always a list, identity nested
-    under ``kubernetes.io``; ``pod``/``node`` None leave those objects out."""
-    iat = _issued_at(now)
-    nested: dict[str, Any] = {"namespace": namespace,
-                              "serviceaccount": {"name": service_account, "uid": sa_uid}}
-    if node is not None:
-        nested["node"] = {"name": node, "uid": node_uid}
-    if pod is not None:
-        nested["pod"] = {"name": pod, "uid": pod_uid}
-    if warn_after is not None:
-        nested["warnafter"] = warn_after
-    claims: dict[str, Any] = {"aud": [aud] if isinstance(aud, str) else list(aud),
-                              "exp": iat + lifetime, "iat": iat, "iss": iss}
-    if with_jti:
-        claims["jti"] = str(uuid.uuid4())
-    claims.update({"kubernetes.io": nested, "nbf": iat,
-                   "sub": f"system:serviceaccount:{namespace}:{service_account}"})
-    return merge(claims, overrides)
-
-
-def spiffe_claims(
-    iss: str, aud: str | list[str], *, trust_domain: str = "example.org",
-    path: str = "/ns/prod/sa/api", lifetime: int = 300, with_iss: bool = False,
-    with_jti: bool = False, now: float | None = None, **overrides: Any,
-) -> dict[str, Any]:
-    """A JWT-SVID's claims: ``sub``, ``aud`` (as given), ``exp``, ``iat``; ``iss`` and
-    ``jti`` only when asked for."""
-    iat = _issued_at(now)
-    claims: dict[str, Any] = {"aud": aud, "exp": iat + lifetime, "iat": iat,
-                              "sub": f"spiffe://{trust_domain}{path}"}
-    if with_iss:
-        claims["iss"] = iss
-    if with_jti:
-        claims["jti"] = str(uuid.uuid4())
-    return merge(claims, overrides)
 
 
 @functools.cache
