@@ -26,12 +26,8 @@ from gateway.config.loading import load_settings
 from gateway.core.attempt import jti_digest
 from gateway.web.app import Gateway, create_gateway
 from tests.conftest import ASSERTION_TYPE, ISSUER, TOKEN_PATH, Backend, GatewayStarter
-from tests.support.platform_issuer import (
-    DISCOVERY_PATH,
-    OMIT,
-    PlatformIssuer,
-    github_claims,
-)
+from tests.support.platform_claims import github_claims
+from tests.support.platform_issuer import DISCOVERY_PATH, OMIT, PlatformIssuer
 from tests.support.tokens import NOW
 
 SECRET_ENV: Final = "FEDERATION_BACKEND_SECRET"
@@ -316,6 +312,9 @@ OTHER_OWNER: Final = {"owner": "evil", "owner_id": "6666", "repo_id": "9999",
                  id="expired"),
     pytest.param("deploy-api", {"environment": "production", "header": {"alg": "PS256"}},
                  "alg_not_allowed", id="alg-not-allowed"),
+    # An access token or a logout token of the same issuer is not a workload's identity.
+    pytest.param("deploy-api", {"environment": "production", "header": {"typ": "at+jwt"}},
+                 "bad_typ", id="typ-access-token"),
 ])
 async def test_tokens_of_other_identities_are_refused(
     lab: Lab, github: PlatformIssuer, client_id: str | None, shape: dict[str, Any],
@@ -366,3 +365,49 @@ async def test_headers_that_bring_their_own_keys_are_forbidden(
                                 key=key)
     await refused(live, token, "forbidden_header", client_id="deploy-api")
     assert len(github.asked) == asked
+
+
+@pytest.mark.parametrize("sub", [
+    pytest.param(1234, id="number"),
+    pytest.param([GHA_SUBJECT], id="array-of-the-subject"),
+    pytest.param(OMIT, id="missing"),
+])
+async def test_a_subject_that_is_not_a_string_is_refused(
+    lab: Lab, github: PlatformIssuer, sub: object
+) -> None:
+    live = await start_github(lab, github)
+    token = github.github_token(ISSUER, environment="production", sub=sub)
+    line = await refused(live, token, "bad_subject", client_id="deploy-api")
+    assert "subject" not in line and "trust" not in line
+    assert live.decisions("deploy-api", "gha-production") == (0, 0)
+
+
+@pytest.mark.parametrize("aud", [
+    pytest.param(42, id="number"),
+    pytest.param({"aud": ISSUER}, id="object"),
+    pytest.param([42], id="array-of-a-number"),
+    pytest.param([], id="empty-array"),
+    pytest.param(["https://rp.example.net", ISSUER], id="two-audiences"),
+])
+async def test_any_audience_is_still_one_string(
+    lab: Lab, github: PlatformIssuer, aud: Any
+) -> None:
+    anywhere = trust("gha-anywhere", "github", GHA_SUBJECT, audience=None,
+                     allow_any_audience=True, claims={"repository_owner_id": "1234"})
+    live = await lab.start({"github": declared(github)}, {"deploy-api": client(anywhere)})
+    await accepted(live, github.github_token("https://rp.example.net", environment="production"))
+    token = github.github_token(environment="production", aud=aud)
+    await refused(live, token, "bad_audience", client_id="deploy-api")
+
+
+@pytest.mark.parametrize("order", [(BRANCHES, PRODUCTION), (PRODUCTION, BRANCHES)],
+                         ids=["mismatch-first", "mismatch-last"])
+async def test_the_refusal_names_the_trust_whose_subject_matched(
+    lab: Lab, github: PlatformIssuer, order: tuple[dict[str, Any], ...]
+) -> None:
+    live = await lab.start({"github": declared(github)}, {"deploy-api": client(*order)})
+    # gha-production's subject, but an event it does not pin; gha-branches' subject differs.
+    token = github.github_token(ISSUER, environment="production", event_name="workflow_dispatch")
+    await refused(live, token, "claim_mismatch", client_id="deploy-api")
+    assert live.decisions("deploy-api", "gha-production") == (0, 1)
+    assert live.decisions("deploy-api", "gha-branches") == (0, 1)

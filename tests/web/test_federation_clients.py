@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from tests.conftest import ISSUER, TOKEN_PATH, Backend
-from tests.support.platform_issuer import PlatformIssuer, github_claims
+from tests.support.platform_claims import github_claims
+from tests.support.platform_issuer import PlatformIssuer
 from tests.support.tokens import make_signer, valid_claims
 from tests.web.test_federation import (
     GHA_SUBJECT,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ISSUER
+from tests.support.platform_claims import spiffe_claims
 from tests.support.platform_issuer import platform_issuer
 from tests.web.test_federation import (
     Lab,
@@ -125,3 +126,19 @@ async def test_spiffe_jwt_svids_are_verified_with_the_trust_bundle(
         await refused(live, mesh.spiffe_token([ISSUER, "https://rp.example.net"]),
                       "bad_audience", client_id="mesh-api", assertion_type=SPIFFE_ASSERTION_TYPE)
         assert mesh.jwks_fetches == 1
+
+
+async def test_a_jwt_svid_naming_another_issuer_is_not_the_trust_domains(
+    lab: Lab, tmp_path: Path
+) -> None:
+    async with platform_issuer(tmp_path, "spiffe") as mesh:
+        svid = trust("mesh-api", "mesh", SPIFFE_ID, replay="reuse")
+        named = {**declared(mesh), "issuer": mesh.issuer}
+        live = await lab.start({"mesh": named}, {"mesh-api": client(svid)})
+        await accepted(live, mesh.spiffe_token(ISSUER), assertion_type=SPIFFE_ASSERTION_TYPE)
+        await accepted(live, mesh.spiffe_token(ISSUER, with_iss=True),
+                       assertion_type=SPIFFE_ASSERTION_TYPE)
+        # Signed with the bundle's key, in the trust domain, but it says another issuer made it.
+        foreign = mesh.mint(spiffe_claims("https://other-issuer.example", ISSUER, with_iss=True))
+        await refused(live, foreign, "unknown_issuer", client_id="mesh-api",
+                      assertion_type=SPIFFE_ASSERTION_TYPE)
